@@ -1,0 +1,27 @@
+"""ringreduce: data-parallel allreduce over MPI, written in Python with Numba kernels."""
+from setuptools import setup
+
+setup(
+    name="ringreduce",
+    version="0.1.0",
+    description="Ring, tree and halving-doubling allreduce over mpi4py, with tensor fusion "
+                "and Numba kernels for CPU and CUDA",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # The library itself and its kernels, installed as ringreduce.kernels so that no generic
+    # top-level "kernels" module lands in site-packages.
+    packages=["ringreduce", "ringreduce.algorithms", "ringreduce.kernels"],
+    package_dir={"ringreduce": "ringreduce", "ringreduce.kernels": "kernels"},
+    package_data={"ringreduce": ["data/*.npz"]},
+    install_requires=["numpy>=1.23", "mpi4py>=3.1", "numba>=0.57"],
+    extras_require={
+        # A self-contained MPI from pip for one box; on a cluster leave it out and mpi4py
+        # uses the system's MPI.
+        "mpich": ["mpich"],
+        "cuda": ["numba-cuda"],
+        "test": ["pytest>=7", "pytest-mpi", "pytest-timeout", "numba-cuda"],
+        "train": ["tqdm", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["ringreduce-run=ringreduce.run:main"]},
+)
