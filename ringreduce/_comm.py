@@ -1,0 +1,75 @@
+"""The thin transport the algorithms talk through.
+
+Each user communicator gets one private duplicate (``Dup``), made on first use and kept for
+the life of the process, so the library's messages can never match a receive of the user's
+(mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``), so every numpy dtype,
+float16 and complex included, moves the same way without an MPI datatype per dtype.
+"""
+from mpi4py import MPI
+
+# Tags keep the phases of one call apart even when two phases talk to the same neighbour.
+TAG_REDUCE = 11
+TAG_GATHER = 12
+TAG_FOLD = 13
+TAG_BCAST = 14
+
+
+class Comm:
+    """A duplicated mpi4py communicator plus the few point-to-point calls algorithms use."""
+
+    def __init__(self, mpi_comm):
+        self.user = mpi_comm
+        self.group = mpi_comm.Get_group()
+        self.mpi = mpi_comm.Dup()
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
+        self.left = (self.rank - 1) % self.size
+        self.right = (self.rank + 1) % self.size
+
+    def isend(self, buf, dest, tag):
+        return self.mpi.Isend([buf, MPI.BYTE], dest, tag)
+
+    def irecv(self, buf, source, tag):
+        return self.mpi.Irecv([buf, MPI.BYTE], source, tag)
+
+    def send(self, buf, dest, tag):
+        self.mpi.Send([buf, MPI.BYTE], dest, tag)
+
+    def recv(self, buf, source, tag):
+        self.mpi.Recv([buf, MPI.BYTE], source, tag)
+
+    def sendrecv(self, sendbuf, dest, recvbuf, source, tag):
+        self.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag)
+
+    @staticmethod
+    def waitall(requests):
+        if requests:
+            MPI.Request.Waitall(requests)
+
+    @staticmethod
+    def wait(request):
+        request.Wait()
+
+
+_comms = {}
+
+
+def get_comm(comm=None):
+    """The library's private :class:`Comm` for a user communicator (default COMM_WORLD).
+
+    The first call on a communicator is collective (it duplicates it), as is every allreduce.
+    """
+    if comm is None:
+        comm = MPI.COMM_WORLD
+    if isinstance(comm, Comm):
+        return comm
+    key = comm.handle
+    cached = _comms.get(key)
+    if cached is not None:
+        # A freed communicator's handle can be reused by a new one: only reuse the duplicate
+        # when the group is the same (a local call, no messages).
+        if cached.user is comm or MPI.Group.Compare(cached.group, comm.Get_group()) == MPI.IDENT:
+            return cached
+    wrapped = Comm(comm)
+    _comms[key] = wrapped
+    return wrapped

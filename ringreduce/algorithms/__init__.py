@@ -1,0 +1,15 @@
+"""The allreduce algorithms, one function per module, all with one signature::
+
+    algorithm(comm, sendbuf, recvbuf, reduce, segment_elems) -> None
+
+``comm`` is a :class:`ringreduce._comm.Comm`; ``sendbuf`` and ``recvbuf`` are 1-D contiguous
+arrays of one dtype and length (``recvbuf is sendbuf`` means in place; the input is otherwise
+never written); ``reduce(dst, src)`` is the kernel for the op; ``segment_elems`` bounds one
+message. The caller has already checked that every rank agrees on all of it.
+"""
+from .doubling import doubling
+from .rhd import rhd
+from .ring import ring
+from .tree import tree
+
+ALGORITHMS = {"ring": ring, "tree": tree, "rhd": rhd, "doubling": doubling}
