@@ -62,7 +62,9 @@ def parse_args(argv):
     m.add_argument("--hidden", default="128", help="hidden layer sizes, comma-separated")
     m.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     m.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    m.add_argument("--lr", type=float, default=0.05)
+    m.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    m.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="cosine: lr decays to 0 over --epochs (a function of the step alone)")
     m.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     m.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     m.add_argument("--weight-decay", type=float, default=0.0)
@@ -219,6 +221,13 @@ def main(argv=None):
     if args.max_steps:
         total_steps = min(total_steps, args.max_steps)
 
+    def lr_at(step):
+        # From --epochs, not --max-steps, so that a run stopped early and resumed follows the
+        # same schedule as one that was never stopped.
+        if args.schedule == "constant":
+            return args.lr
+        return args.lr * 0.5 * (1.0 + np.cos(np.pi * step / (steps_per_epoch * args.epochs)))
+
     # ---- state that a checkpoint carries -----------------------------------------------------
     epoch, start_step, global_step = 0, 0, 0
     loss_curve = []          # global mean training loss of every step
@@ -251,6 +260,7 @@ def main(argv=None):
         loss_curve = saved["loss_curve"].tolist()
         accuracy_curve = saved["accuracy_curve"].tolist()
         skipped_steps = saved["skipped_steps"].tolist()
+    opt.lr = lr_at(global_step)
 
     if master and not args.no_progress:
         print(f"{data_name}: {len(x_train)} train / {len(x_test)} test, model "
@@ -363,6 +373,7 @@ def main(argv=None):
                               RuntimeWarning, stacklevel=1)
             t3 = time.perf_counter()
             pending_losses.append(loss)
+            opt.lr = lr_at(global_step + 1)
             global_step += 1
             start_step = step + 1
             if first_step_of_run:

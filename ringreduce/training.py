@@ -621,17 +621,18 @@ def load_checkpoint(path, like=None, match=None):
 
     Nothing is unpickled (``allow_pickle=False``) and every entry is read at once, so the zip
     CRC of every entry is checked here. ``like`` (``{name: array or None}``) demands exactly
-    those names, with those shapes and dtypes (any shape for ``None``: a growing log); ``match`` (``{name: value}``) demands those values
-    (e.g. ``{"world_size": 2}``). Any failure is a :class:`CheckpointError` naming the file and
-    what was expected and found.
+    those names, with those shapes and dtypes (``None``: any shape, for a log that grows);
+    ``match`` (``{name: value}``) demands those values (e.g. ``{"world_size": 2}``). Any
+    failure is a :class:`CheckpointError` naming the file and what was expected and found.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"checkpoint {path} is not an .npz archive")
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy loads as one array
+            raise CheckpointError(f"checkpoint {path} is not an .npz archive")
+        with z:
             arrays = {name: z[name] for name in z.files}
     except CheckpointError:
         raise
