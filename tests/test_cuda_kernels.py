@@ -25,8 +25,10 @@ def run_python(args, simulator, timeout):
 
 
 def run_checks(simulator):
-    result = run_python(["-m", "pytest", str(CHECKS), "-q", "-p", "no:cacheprovider"],
-                        simulator, timeout=280)
+    # --noconftest: the checks need no MPI fixtures, and a child of an mpiexec rank must not
+    # start MPI again.
+    result = run_python(["-m", "pytest", str(CHECKS), "-q", "-p", "no:cacheprovider",
+                         "--noconftest"], simulator, timeout=280)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return result.stdout
 
