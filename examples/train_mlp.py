@@ -234,6 +234,8 @@ def main(argv=None):
     accuracy_curve = []      # test accuracy after every epoch
     skipped_steps = []       # steps whose update was skipped for a non-finite gradient
     ckpt_path = os.path.join(args.checkpoint_dir, "ckpt.npz") if args.checkpoint_dir else None
+    if ckpt_path and master and not args.resume:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
     run_identity = {"world_size": world, "seed": args.seed, "batch_size": args.batch_size,
                     "num_train": len(x_train), "drop_last": int(args.drop_last)}
 
