@@ -63,9 +63,9 @@ def binomial_tree(rank, p, root=0):
     """``(parent, children)`` of ``rank`` in a binomial tree rooted at ``root``.
 
     Ranks are relabelled ``v = (rank - root) % p``; v's parent clears v's lowest set bit and
-    its children are ``v + 2**k`` for ``2**k`` below that bit. Children come largest subtree
-    first, the order a broadcast sends in (the deepest subtree starts first); a reduce receives
-    in reverse, so the deepest subtree, which finishes last, is waited for last.
+    its children are ``v + 2**k`` for ``2**k`` below that bit. Children come in decreasing
+    distance 2**k, the order a binomial broadcast sends in (in a full tree that is the largest
+    subtree first); a reduce receives in reverse, nearest child first, since it is ready first.
     """
     v = (rank - root) % p
     parent = None

@@ -33,7 +33,7 @@ def tree(comm, sendbuf, recvbuf, reduce, segment_elems):
         return
     parent, children = binomial_tree(comm.rank, comm.size)
     segs = segment_bounds(0, sendbuf.size, segment_elems)
-    up_children = children[::-1]  # smallest subtree first: it is ready first
+    up_children = children[::-1]  # nearest child first: its subtree is ready first
     if children:
         # One scratch buffer per child, so every child's receives can be posted at once.
         scratch = [np.empty(sendbuf.size, dtype=sendbuf.dtype) for _ in children]
