@@ -417,14 +417,25 @@ class GradSync:
 # ---------------------------------------------------------------------------------------------
 
 def _is_device_array(a):
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+    """A CUDA array: a Numba device array (also the simulator's) or any other object with
+    ``__cuda_array_interface__`` (CuPy, PyTorch)."""
+    if isinstance(a, np.ndarray):
+        return False
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    from numba import cuda
+    return cuda.devicearray.is_cuda_ndarray(a)
 
 
 def _flat(a, what):
     """1-D view of a C-contiguous array (the kernels update in place, so a copy would be lost)."""
     if _is_device_array(a):
+        from numba import cuda
+        if not cuda.devicearray.is_cuda_ndarray(a):
+            a = cuda.as_cuda_array(a)  # a view of the same device memory, no copy
         if not a.is_c_contiguous():
-            raise ValueError(f"{what} must be a C-contiguous device array")
+            raise ValueError(f"{what} must be a C-contiguous device array, got strides "
+                             f"{a.strides}")
         return a.reshape(a.size)
     if not a.flags.c_contiguous:
         raise ValueError(f"{what} must be a C-contiguous array, got strides {a.strides}")
