@@ -36,6 +36,13 @@ try:
 except ImportError:  # numba-cuda not installed: the module still imports, nothing launches
     _cuda = None
 
+if _cuda is not None and not hasattr(np, "row_stack"):
+    # numba-cuda 0.30.4 registers an overload for np.row_stack when it compiles its first
+    # kernel; numpy 2.5 removed that name (an alias of vstack since numpy 1.x), so every
+    # compile fails with AttributeError (NVIDIA/numba-cuda#907, which will not be fixed there;
+    # seen on an H200 image with numpy 2.5.2). Restoring numpy's own alias is the whole fix.
+    np.row_stack = np.vstack
+
 OPS = ("sum", "min", "max", "prod")
 DTYPES = tuple(np.dtype(name) for name in (
     "float16", "float32", "float64",
