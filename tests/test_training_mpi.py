@@ -241,3 +241,30 @@ def test_broadcast_and_gradsync_across_ranks():
     _, out, _ = mpirun(3, ["-m", "mpi4py", "-c", LIBRARY_CHECK], script=None)
     assert sorted(line for line in out.splitlines() if line.startswith("library ok")) == \
         [f"library ok {r}" for r in range(3)]
+
+
+def test_bundled_digits_and_user_data(tmp_path):
+    metrics = str(tmp_path / "digits.json")
+    mpirun(2, ["--epochs", "1", "--max-steps", "3", "--no-progress", "--metrics-out", metrics])
+    with open(metrics) as fh:
+        m = json.load(fh)
+    # 1797 images, a fixed fifth held out; 1438 / 64 -> 23 steps per epoch.
+    assert m["data"] == "digits(8x8)" and m["model"] == [64, 128, 10]
+    assert m["steps_per_epoch"] == 23 and m["steps"] == 3
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine.npz"
+    np.savez(data, x_train=rng.standard_normal((40, 2, 3)), y_train=rng.integers(0, 3, 40),
+             x_test=rng.standard_normal((8, 2, 3)), y_test=rng.integers(0, 3, 8))
+    metrics = str(tmp_path / "mine.json")
+    mpirun(2, ["--data", str(data), "--hidden", "5", "--batch-size", "8", "--epochs", "2",
+               "--no-progress", "--metrics-out", metrics])
+    with open(metrics) as fh:
+        m = json.load(fh)
+    assert m["model"] == [6, 5, 3] and m["steps"] == 10 and len(m["test_accuracy_curve"]) == 2
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, inputs=np.zeros((4, 2)))
+    code, _, err = mpirun(2, ["--data", str(bad), "--no-progress"], expect_ok=False)
+    assert code != 0 and "expected arrays x_train, y_train, x_test, y_test or x, y; found " \
+        "['inputs']" in err
