@@ -173,6 +173,8 @@ class DistributedSampler:
         if not 0 <= rank < size:
             raise ValueError(f"DistributedSampler needs 0 <= rank < size, got rank={rank}, "
                              f"size={size}")
+        if int(seed) < 0:
+            raise ValueError(f"DistributedSampler needs seed >= 0 (numpy seeds), got {seed}")
         if drop_last and num_samples < batch_size:
             raise ValueError(f"drop_last=True with {num_samples} samples and batch size "
                              f"{batch_size} leaves no step in an epoch")

@@ -183,6 +183,8 @@ def test_sampler_rejects_bad_arguments():
         DistributedSampler(10, 2, rank=2, size=2)
     with pytest.raises(ValueError, match="batch_size=0"):
         DistributedSampler(10, 0, rank=0, size=1)
+    with pytest.raises(ValueError, match="seed >= 0.*got -1"):
+        DistributedSampler(10, 2, rank=0, size=1, seed=-1)
     with pytest.raises(ValueError, match="epoch"):
         DistributedSampler(10, 2, rank=0, size=1).order(-1)
     with pytest.raises(TypeError):
