@@ -1,21 +1,25 @@
 """``allreduce``: validate, agree across ranks, pick an algorithm, run it.
 
-Agreement. Before any data moves, the ranks exchange a small header (count, dtype, op,
-algorithm, segment size, a hash of the shape, an error code) with one native
-``MPI_Allreduce(MAX)`` over ``[h, -h]``, which yields every field's maximum and minimum at
-once. If they differ anywhere, or a rank rejected its own input, every rank learns it in
-that same step and raises; only then do the ranks spend an ``allgather`` to name who sent
-what. Any schedule decision ("auto", segment sizes) is taken after the header, from values
-every rank agrees on, so ranks can never run different schedules and hang. Folding the header
-into the algorithms' own first messages would save that one small collective, but a rank with
-a different count or dtype would then post receives of the wrong size or run a different
-schedule before the mismatch is known; the separate header is what makes "an error on every
-rank, never a hang" hold for every algorithm. Its cost is measured in docs/benchmarks.md.
-"""
-import numpy as np
-from mpi4py import MPI
+Agreement. Every call starts with a recursive-doubling pass (``_schedule.doubling_plan``)
+whose messages carry a 24-byte header: a signature of (count, dtype, op, algorithm, segment
+size, shape) as ``[sig, -sig]`` and an error flag, combined by element-wise maximum. After
+lg p steps every rank holds the maximum and the minimum signature over all ranks and knows
+whether any rank rejected its input, so a mismatch raises on every rank in the same call and
+never leaves one rank waiting in a schedule the others did not enter. Only then, on that rare
+path, an ``allgather`` names who sent what.
 
-from ._comm import get_comm
+Small messages ride in the same messages: below ``AUTO_SMALL_BYTES`` ("auto") the payload is
+appended to the header and reduced on the way, so the whole allreduce is lg p exchanges with
+no separate negotiation (the piggy-backed header costs 24 bytes). Larger messages pay one
+header-only pass of lg p tiny exchanges, then run the algorithm every rank agreed on; any
+schedule decision ("auto", segment sizes) is taken after the header, from agreed values.
+"""
+import struct
+
+import numpy as np
+
+from ._comm import TAG_FOLD, get_comm
+from ._schedule import doubling_plan
 from .algorithms import ALGORITHMS
 from .kernels.cpu import reduce_kernel, scale_kernel
 
@@ -28,15 +32,21 @@ DTYPES = tuple(np.dtype(c) for c in (
     "float16", "float32", "float64", "complex64", "complex128"))
 _DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 
-# Default segment: the largest message one step of an algorithm sends. Chosen with
-# ``python -m ringreduce.bench --segment-sweep`` (docs/benchmarks.md, "segment size").
+# Default segment: the largest message one step of an algorithm sends. Chosen from the
+# segment sweep in docs/benchmarks.md (``python -m ringreduce.bench -a ring:64K ring:256K ...``).
 DEFAULT_SEGMENT_BYTES = 1 << 20
 
 # "auto" thresholds in bytes, from the 2- and 4-rank tables in docs/benchmarks.md
-# (``python -m ringreduce.bench``): below SMALL the lg p rounds of recursive doubling win,
-# from RING on the ring's pipelined neighbour traffic wins, rhd in between.
+# (``python -m ringreduce.bench``): below SMALL the data rides in the header's own lg p
+# exchanges; from RING on the ring's pipelined neighbour traffic wins; rhd in between.
 AUTO_SMALL_BYTES = 32 << 10
 AUTO_RING_BYTES = 512 << 10
+# Largest payload that may ride with the header (explicit algorithm="doubling" included);
+# it sizes the two receive buffers kept per communicator.
+PIGGYBACK_CAP = 64 << 10
+
+_HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
+_MASK = 0x7FFFFFFFFFFFFFFF
 
 
 class RingReduceError(RuntimeError):
@@ -56,8 +66,15 @@ def choose_algorithm(nbytes, p):
     return "ring"
 
 
+_KERNELS = {}
+
+
 def _kernels(op, dtype):
-    """(reduce, scale or None) for ``op`` on ``dtype``; raise TypeError for invalid pairs."""
+    """(reduce, scale or None) for ``op`` on ``dtype``; TypeError for invalid pairs."""
+    key = (op, dtype)
+    got = _KERNELS.get(key)
+    if got is not None:
+        return got
     if dtype not in _DTYPE_CODE:
         raise TypeError(f"unsupported dtype {dtype}; expected one of "
                         f"{', '.join(str(d) for d in DTYPES)}")
@@ -68,8 +85,11 @@ def _kernels(op, dtype):
         raise TypeError(f"op={op!r} is not defined for complex dtype {dtype}; "
                         "complex supports 'sum', 'avg' and 'prod'")
     if op == "avg":
-        return reduce_kernel("sum", dtype), scale_kernel(dtype)
-    return reduce_kernel(op, dtype), None
+        got = reduce_kernel("sum", dtype), scale_kernel(dtype)
+    else:
+        got = reduce_kernel(op, dtype), None
+    _KERNELS[key] = got
+    return got
 
 
 def as_array(x, what="x"):
@@ -87,60 +107,36 @@ def as_array(x, what="x"):
     return arr
 
 
-# Header fields, in order.
-_FIELDS = ("error", "count", "dtype", "op", "algorithm", "segment_bytes", "shape")
-_ERR_NONE, _ERR_LOCAL = 0, 1
+class _Call:
+    """One rank's validated view of one allreduce call."""
+    __slots__ = ("arr", "op", "algorithm", "seg_bytes", "reduce", "scale", "target", "same",
+                 "sig", "piggyback")
 
+    def __init__(self, x, op, algorithm, out, segment_bytes):
+        arr = self.arr = as_array(x)
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if algorithm not in ALGORITHM_NAMES:
+            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
+                             f"{', '.join(ALGORITHM_NAMES)}")
+        self.op, self.algorithm = op, algorithm
+        self.reduce, self.scale = _kernels(op, arr.dtype)
+        seg = DEFAULT_SEGMENT_BYTES if segment_bytes is None else segment_bytes
+        if not isinstance(seg, (int, np.integer)) or seg < arr.dtype.itemsize:
+            raise ValueError(f"segment_bytes must be an int of at least one element "
+                             f"({arr.dtype.itemsize} bytes for {arr.dtype}), got {segment_bytes!r}")
+        self.seg_bytes = int(seg)
+        self.target, self.same = _check_out(arr, out)
+        nbytes = arr.nbytes
+        self.piggyback = nbytes <= PIGGYBACK_CAP and (
+            algorithm == "doubling" or (algorithm == "auto" and nbytes < AUTO_SMALL_BYTES))
+        # hash() of a tuple of ints is the same in every process (no randomisation for ints).
+        self.sig = hash((arr.size, _DTYPE_CODE[arr.dtype], OPS.index(op),
+                         ALGORITHM_NAMES.index(algorithm), self.seg_bytes, arr.shape)) & _MASK
 
-def _shape_code(shape):
-    # hash() of a tuple of ints is the same in every process (no hash randomisation for ints).
-    return hash(tuple(shape)) & 0x7FFFFFFFFFFFFFFF
-
-
-def _agree(comm, fields, local_error, shape, dtype):
-    """Every rank checks every other rank's header; raise the same way on all on mismatch."""
-    h = np.array(fields, dtype=np.int64)
-    both = np.concatenate([h, -h])
-    comm.mpi.Allreduce(MPI.IN_PLACE, [both, MPI.INT64_T], op=MPI.MAX)
-    hi, lo = both[:len(h)], -both[len(h):]
-    if np.array_equal(hi, lo) and hi[0] == _ERR_NONE:
-        return
-    # Rare path: say who sent what. Every rank got here from the same hi/lo, so all join.
-    info = (fields, None if local_error is None else
-            (type(local_error).__name__, str(local_error)), tuple(shape), str(dtype))
-    everyone = comm.mpi.allgather(info)
-    if local_error is not None:
-        raise local_error
-    failed = [(r, e) for r, (_, e, _, _) in enumerate(everyone) if e is not None]
-    if failed:
-        kind = {name for _, (name, _) in failed}
-        text = "; ".join(f"rank {r}: {name}: {msg}" for r, (name, msg) in failed)
-        exc = TypeError if kind == {"TypeError"} else ValueError
-        raise exc(f"allreduce rejected the input on another rank ({text})")
-    raise MismatchError(_describe_mismatch(everyone, comm.rank))
-
-
-def _describe_mismatch(everyone, me):
-    names = {"count": "count", "dtype": "dtype", "op": "op", "algorithm": "algorithm",
-             "segment_bytes": "segment_bytes", "shape": "shape"}
-    mine = everyone[me]
-    for i, field in enumerate(_FIELDS):
-        if field == "error":
-            continue
-        values = [e[0][i] for e in everyone]
-        if len(set(values)) == 1:
-            continue
-        other = next(r for r, v in enumerate(values) if v != mine[0][i])
-
-        def show(r):
-            f, _, shape, dtype = everyone[r]
-            return {"count": f"shape {shape} ({f[1]} elements)", "shape": f"shape {shape}",
-                    "dtype": f"dtype {dtype}", "op": f"op {OPS[f[3]]!r}",
-                    "algorithm": f"algorithm {ALGORITHM_NAMES[f[4]]!r}",
-                    "segment_bytes": f"segment_bytes {f[5]}"}[field]
-        return (f"Mismatched allreduce {names[field]}: rank {me} sent a tensor with {show(me)}, "
-                f"but rank {other} sent {show(other)}")
-    return "Mismatched allreduce headers"  # unreachable: some field differed
+    def describe(self):
+        return {"shape": self.arr.shape, "dtype": str(self.arr.dtype), "op": self.op,
+                "algorithm": self.algorithm, "segment_bytes": self.seg_bytes}
 
 
 def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None):
@@ -154,52 +150,149 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     x's shape and dtype. ``segment_bytes``: the largest single message (default 1 MiB).
 
     Every rank gets a bitwise-identical result, of x's shape and dtype. Ranks that pass
-    different shapes, dtypes, ops or algorithms all raise :class:`MismatchError`.
+    different shapes, dtypes, ops or algorithms all raise :class:`MismatchError`; a rank whose
+    input is invalid raises its ValueError or TypeError and the others raise the same type
+    naming it. Either way the library stays usable.
     """
     c = get_comm(comm)
-    local_error = None
-    arr = None
-    fields = [_ERR_LOCAL, 0, 0, 0, 0, 0, 0]
-    shape = ()
     try:
-        arr = as_array(x)
-        shape = arr.shape
-        if op not in OPS:
-            raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-        if algorithm not in ALGORITHM_NAMES:
-            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
-                             f"{', '.join(ALGORITHM_NAMES)}")
-        reduce, scale = _kernels(op, arr.dtype)
-        seg_bytes = DEFAULT_SEGMENT_BYTES if segment_bytes is None else int(segment_bytes)
-        if seg_bytes < arr.dtype.itemsize:
-            raise ValueError(f"segment_bytes must be at least one element "
-                             f"({arr.dtype.itemsize} bytes for {arr.dtype}), got {segment_bytes}")
-        target, same = _check_out(arr, out)
-        fields = [_ERR_NONE, arr.size, _DTYPE_CODE[arr.dtype], OPS.index(op),
-                  ALGORITHM_NAMES.index(algorithm), seg_bytes, _shape_code(shape)]
+        call, local_error = _Call(x, op, algorithm, out, segment_bytes), None
     except (TypeError, ValueError) as exc:
-        local_error = exc
-    _agree(c, fields, local_error, shape, None if arr is None else arr.dtype)
+        call, local_error = None, exc
+    arr = None if call is None else call.arr
 
-    if algorithm == "auto":
-        algorithm = choose_algorithm(arr.nbytes, c.size)
-    flat_in = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
-    if target is None:
-        flat_out = np.empty(arr.size, dtype=arr.dtype)
-    elif same:
-        flat_out = flat_in  # in place: on x itself, or on x's contiguous copy
-    elif target.flags.c_contiguous:
-        flat_out = target.reshape(-1)
-    else:
-        flat_out = np.empty(arr.size, dtype=arr.dtype)
-    ALGORITHMS[algorithm](c, flat_in, flat_out, reduce, max(1, seg_bytes // arr.dtype.itemsize))
-    if scale is not None:
-        scale(flat_out, c.size)
-    if target is None:
-        return flat_out.reshape(shape)
-    if not np.shares_memory(flat_out, target):
-        target[...] = flat_out.reshape(shape)
+    flat_in = flat_out = None
+    if call is not None:
+        flat_in = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
+        target = call.target
+        if target is None:
+            flat_out = np.empty(arr.size, dtype=arr.dtype)
+        elif call.same:
+            flat_out = flat_in  # in place: on x itself, or on x's contiguous copy
+        elif target.flags.c_contiguous:
+            flat_out = target.reshape(-1)
+        else:
+            flat_out = np.empty(arr.size, dtype=arr.dtype)
+
+    done = _negotiate(c, call, local_error, flat_in, flat_out)
+    if not done:
+        name = call.algorithm
+        if name == "auto":
+            name = choose_algorithm(arr.nbytes, c.size)
+        ALGORITHMS[name](c, flat_in, flat_out, call.reduce,
+                         max(1, call.seg_bytes // arr.dtype.itemsize))
+    if call.scale is not None:
+        call.scale(flat_out, c.size)
+    if call.target is None:
+        return flat_out.reshape(arr.shape)
+    if not np.shares_memory(flat_out, call.target):
+        call.target[...] = flat_out.reshape(arr.shape)
     return out
+
+
+class _HeaderState:
+    """Per-communicator state of the header pass: its plan, two message buffers (each the
+    header followed by up to PIGGYBACK_CAP payload bytes) and typed views of their payloads,
+    cached because small calls are dominated by such per-call Python overhead."""
+
+    def __init__(self, c):
+        self.plan = doubling_plan(c.rank, c.size)
+        self.bufs = (np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8),
+                     np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
+        self.views = {}
+
+    def payload(self, dtype, n):
+        v = self.views.get((dtype, n))
+        if v is None:
+            h = _HEADER.size
+            v = self.views[(dtype, n)] = tuple(
+                b[h:h + n * dtype.itemsize].view(dtype) for b in self.bufs)
+        return v
+
+
+def _negotiate(c, call, local_error, flat_in, flat_out):
+    """The header pass. Returns True when the payload rode along and ``flat_out`` is final."""
+    if c.size == 1:
+        if local_error is not None:
+            raise local_error
+        if call.piggyback or call.arr.size == 0:
+            if flat_out is not flat_in:
+                flat_out[...] = flat_in
+            return True
+        return False
+    st = c.header_state
+    if st is None:
+        st = c.header_state = _HeaderState(c)
+    mine, theirs = st.bufs
+    if call is None:
+        sig, err, nbytes = 0, 1, 0
+    else:
+        sig, err = call.sig, 0
+        nbytes = flat_in.nbytes if call.piggyback else 0
+    _HEADER.pack_into(mine, 0, sig, -sig, err)
+    if nbytes:
+        p_mine, p_theirs = st.payload(flat_in.dtype, flat_in.size)
+        p_mine[...] = flat_in
+    size = _HEADER.size + nbytes
+    agreed = (sig, -sig, 0, sig, -sig, 0)
+    for action, peer in st.plan:
+        if action == "give" or action == "return":
+            c.send(mine[:size], peer, TAG_FOLD)
+            continue
+        if action == "take":
+            c.recv(mine, peer, TAG_FOLD)
+            continue
+        if action == "exchange":
+            c.sendrecv(mine[:size], peer, theirs, peer, TAG_FOLD)
+        else:  # absorb
+            c.recv(theirs, peer, TAG_FOLD)
+        s_hi, s_nlo, e = _HEADER.unpack_from(mine)
+        t_hi, t_nlo, te = _HEADER.unpack_from(theirs)
+        if nbytes and (s_hi, s_nlo, e, t_hi, t_nlo, te) == agreed:
+            # Same signature on both sides so far: same count, dtype and op, so reduce the
+            # payloads, the lower rank's first so both partners compute the same bits.
+            if c.rank < peer:
+                call.reduce(p_mine, p_theirs)
+            else:
+                call.reduce(p_theirs, p_mine)
+                mine, theirs = theirs, mine
+                p_mine, p_theirs = p_theirs, p_mine
+        _HEADER.pack_into(mine, 0, max(s_hi, t_hi), max(s_nlo, t_nlo), max(e, te))
+    hi, nlo, err_any = _HEADER.unpack_from(mine)
+    if hi != -nlo or err_any:
+        _raise_everywhere(c, call, local_error)
+    if nbytes:
+        flat_out[...] = p_mine
+        return True
+    return call.arr.size == 0
+
+
+def _raise_everywhere(c, call, local_error):
+    """Every rank saw the same combined header, so every rank is here: say who sent what."""
+    info = (None if call is None else call.describe(),
+            None if local_error is None else (type(local_error).__name__, str(local_error)))
+    everyone = c.mpi.allgather(info)
+    if local_error is not None:
+        raise local_error
+    failed = [(r, e) for r, (_, e) in enumerate(everyone) if e is not None]
+    if failed:
+        kinds = {name for _, (name, _) in failed}
+        text = "; ".join(f"rank {r}: {name}: {msg}" for r, (name, msg) in failed)
+        exc = TypeError if kinds == {"TypeError"} else ValueError
+        raise exc(f"allreduce rejected the input on another rank ({text})")
+    mine = everyone[c.rank][0]
+    for field in ("shape", "dtype", "op", "algorithm", "segment_bytes"):
+        other = next((r for r, (d, _) in enumerate(everyone) if d[field] != mine[field]), None)
+        if other is not None:
+            what = "count" if field == "shape" and _count(mine) != _count(everyone[other][0]) else field
+            raise MismatchError(
+                f"Mismatched allreduce {what}: rank {c.rank} sent a tensor with {field} "
+                f"{mine[field]!r}, but rank {other} sent {field} {everyone[other][0][field]!r}")
+    raise MismatchError("Mismatched allreduce headers")  # a signature hash collision
+
+
+def _count(desc):
+    return int(np.prod(desc["shape"], dtype=np.int64))
 
 
 def _check_out(arr, out):

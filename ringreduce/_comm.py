@@ -25,6 +25,7 @@ class Comm:
         self.size = self.mpi.Get_size()
         self.left = (self.rank - 1) % self.size
         self.right = (self.rank + 1) % self.size
+        self.header_state = None  # filled by _allreduce on first use
 
     def isend(self, buf, dest, tag):
         return self.mpi.Isend([buf, MPI.BYTE], dest, tag)

@@ -153,3 +153,24 @@ def doubling_partners(new_rank, p2):
         partners.append(new_rank ^ mask)
         mask <<= 1
     return partners
+
+
+def doubling_plan(rank, p):
+    """Recursive doubling for any ``p``, as ``[(action, peer)]`` (see :func:`fold`).
+
+    Actions: ``give`` (send the whole vector to ``peer`` and sit out), ``take`` (receive the
+    finished result from ``peer``), ``absorb`` (receive a folded rank's vector and combine it),
+    ``exchange`` (swap vectors with ``peer`` and combine), ``return`` (send the finished result
+    back to the folded rank). Combining always puts the lower rank's operand first, so both
+    partners of an exchange compute the same bits.
+    """
+    if p == 1:
+        return []
+    new_rank, partner = fold(rank, p)
+    if new_rank is None:
+        return [("give", partner), ("take", partner)]
+    plan = [("absorb", partner)] if partner is not None else []
+    plan += [("exchange", unfold_rank(q, p)) for q in doubling_partners(new_rank, pow2_floor(p))]
+    if partner is not None:
+        plan.append(("return", partner))
+    return plan

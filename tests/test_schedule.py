@@ -146,3 +146,30 @@ def test_halving_simulation(p2):
     for r in range(p2):
         np.testing.assert_array_equal(work[r][slice(*b[r])], total[slice(*b[r])])
         assert doubling_partners(r, p2) == [r ^ m for m in (1, 2, 4, 8) if m < p2]
+
+
+@pytest.mark.parametrize("p", RANKS)
+def test_doubling_plan_combines_everyone_once(p):
+    """Simulate the plan with sets: every rank ends holding every rank's contribution."""
+    from ringreduce._schedule import doubling_plan
+    plans = [doubling_plan(r, p) for r in range(p)]
+    held = [{r} for r in range(p)]
+    # folding: absorb/give pairs
+    for r in range(p):
+        for action, peer in plans[r]:
+            if action == "absorb":
+                assert plans[peer][0] == ("give", r)
+                held[r] |= held[peer]
+    exchanges = [[peer for a, peer in plans[r] if a == "exchange"] for r in range(p)]
+    steps = max(map(len, exchanges))
+    for k in range(steps):
+        snapshot = [set(h) for h in held]
+        for r in range(p):
+            if k < len(exchanges[r]):
+                peer = exchanges[r][k]
+                assert exchanges[peer][k] == r
+                held[r] = snapshot[r] | snapshot[peer]
+    for r in range(p):
+        if plans[r] and plans[r][-1][0] == "take":
+            held[r] = held[plans[r][-1][1]]
+    assert all(h == set(range(p)) for h in held)
