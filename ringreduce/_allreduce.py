@@ -135,8 +135,8 @@ class _Call:
                          ALGORITHM_NAMES.index(algorithm), self.seg_bytes, arr.shape)) & _MASK
 
     def describe(self):
-        return {"shape": self.arr.shape, "dtype": str(self.arr.dtype), "op": self.op,
-                "algorithm": self.algorithm, "segment_bytes": self.seg_bytes}
+        return {"call": "allreduce", "shape": self.arr.shape, "dtype": str(self.arr.dtype),
+                "op": self.op, "algorithm": self.algorithm, "segment_bytes": self.seg_bytes}
 
 
 def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None):
@@ -174,13 +174,16 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
         else:
             flat_out = np.empty(arr.size, dtype=arr.dtype)
 
-    done = _negotiate(c, call, local_error, flat_in, flat_out)
-    if not done:
-        name = call.algorithm
-        if name == "auto":
-            name = choose_algorithm(arr.nbytes, c.size)
-        ALGORITHMS[name](c, flat_in, flat_out, call.reduce,
-                         max(1, call.seg_bytes // arr.dtype.itemsize))
+    if call is None:
+        _negotiate(c, 0, local_error, None)  # raises on every rank
+    reduced = _negotiate(c, call.sig, None, call.describe(),
+                         flat_in if call.piggyback else None, call.reduce)
+    if reduced is not None:
+        flat_out[...] = reduced
+    elif arr.size:
+        run_algorithm(c, call.algorithm, flat_in, flat_out, call.reduce, call.seg_bytes)
+    elif flat_out is not flat_in:
+        flat_out[...] = flat_in
     if call.scale is not None:
         call.scale(flat_out, c.size)
     if call.target is None:
@@ -188,6 +191,13 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     if not np.shares_memory(flat_out, call.target):
         call.target[...] = flat_out.reshape(arr.shape)
     return out
+
+
+def run_algorithm(c, name, flat_in, flat_out, reduce, seg_bytes):
+    """Run one algorithm on buffers every rank already agreed on (no header)."""
+    if name == "auto":
+        name = choose_algorithm(flat_in.nbytes, c.size)
+    ALGORITHMS[name](c, flat_in, flat_out, reduce, max(1, seg_bytes // flat_in.dtype.itemsize))
 
 
 class _HeaderState:
@@ -210,29 +220,33 @@ class _HeaderState:
         return v
 
 
-def _negotiate(c, call, local_error, flat_in, flat_out):
-    """The header pass. Returns True when the payload rode along and ``flat_out`` is final."""
+def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
+    """The header pass over ``c``: every rank learns whether all agree on ``sig``.
+
+    ``sig`` is this rank's signature of the call (ignored when ``local_error`` is set);
+    ``describe`` a dict of what the signature covers, used only to explain a mismatch.
+    ``payload`` (a 1-D array of at most PIGGYBACK_CAP bytes) rides along and is reduced with
+    ``reduce`` on the way; the return value is then the reduced payload (a view into a buffer
+    reused by the next call: copy it out), else None. Raises on every rank if any rank
+    disagrees or failed.
+    """
     if c.size == 1:
         if local_error is not None:
             raise local_error
-        if call.piggyback or call.arr.size == 0:
-            if flat_out is not flat_in:
-                flat_out[...] = flat_in
-            return True
-        return False
+        return payload
     st = c.header_state
     if st is None:
         st = c.header_state = _HeaderState(c)
     mine, theirs = st.bufs
-    if call is None:
-        sig, err, nbytes = 0, 1, 0
-    else:
-        sig, err = call.sig, 0
-        nbytes = flat_in.nbytes if call.piggyback else 0
+    err = 0 if local_error is None else 1
+    if err:
+        sig, payload = 0, None
     _HEADER.pack_into(mine, 0, sig, -sig, err)
-    if nbytes:
-        p_mine, p_theirs = st.payload(flat_in.dtype, flat_in.size)
-        p_mine[...] = flat_in
+    nbytes = 0
+    if payload is not None:
+        nbytes = payload.nbytes
+        p_mine, p_theirs = st.payload(payload.dtype, payload.size)
+        p_mine[...] = payload
     size = _HEADER.size + nbytes
     agreed = (sig, -sig, 0, sig, -sig, 0)
     for action, peer in st.plan:
@@ -252,47 +266,61 @@ def _negotiate(c, call, local_error, flat_in, flat_out):
             # Same signature on both sides so far: same count, dtype and op, so reduce the
             # payloads, the lower rank's first so both partners compute the same bits.
             if c.rank < peer:
-                call.reduce(p_mine, p_theirs)
+                reduce(p_mine, p_theirs)
             else:
-                call.reduce(p_theirs, p_mine)
+                reduce(p_theirs, p_mine)
                 mine, theirs = theirs, mine
                 p_mine, p_theirs = p_theirs, p_mine
         _HEADER.pack_into(mine, 0, max(s_hi, t_hi), max(s_nlo, t_nlo), max(e, te))
     hi, nlo, err_any = _HEADER.unpack_from(mine)
     if hi != -nlo or err_any:
-        _raise_everywhere(c, call, local_error)
-    if nbytes:
-        flat_out[...] = p_mine
-        return True
-    return call.arr.size == 0
+        _raise_everywhere(c, describe, local_error)
+    return p_mine if nbytes else None
 
 
-def _raise_everywhere(c, call, local_error):
+def _raise_everywhere(c, describe, local_error):
     """Every rank saw the same combined header, so every rank is here: say who sent what."""
-    info = (None if call is None else call.describe(),
-            None if local_error is None else (type(local_error).__name__, str(local_error)))
+    info = (describe, None if local_error is None else (type(local_error).__name__, str(local_error)))
     everyone = c.mpi.allgather(info)
     if local_error is not None:
         raise local_error
     failed = [(r, e) for r, (_, e) in enumerate(everyone) if e is not None]
+    kind = describe.get("call", "allreduce")
     if failed:
         kinds = {name for _, (name, _) in failed}
         text = "; ".join(f"rank {r}: {name}: {msg}" for r, (name, msg) in failed)
         exc = TypeError if kinds == {"TypeError"} else ValueError
-        raise exc(f"allreduce rejected the input on another rank ({text})")
+        raise exc(f"{kind} rejected the input on another rank ({text})")
     mine = everyone[c.rank][0]
-    for field in ("shape", "dtype", "op", "algorithm", "segment_bytes"):
-        other = next((r for r, (d, _) in enumerate(everyone) if d[field] != mine[field]), None)
+    for field in mine:
+        other = next((r for r, (d, _) in enumerate(everyone) if d.get(field) != mine[field]), None)
         if other is not None:
-            what = "count" if field == "shape" and _count(mine) != _count(everyone[other][0]) else field
-            raise MismatchError(
-                f"Mismatched allreduce {what}: rank {c.rank} sent a tensor with {field} "
-                f"{mine[field]!r}, but rank {other} sent {field} {everyone[other][0][field]!r}")
-    raise MismatchError("Mismatched allreduce headers")  # a signature hash collision
+            raise MismatchError(mismatch_message(kind, field, c.rank, mine[field], other,
+                                                 everyone[other][0].get(field)))
+    raise MismatchError(f"Mismatched {kind} headers")  # only on a signature hash collision
 
 
-def _count(desc):
-    return int(np.prod(desc["shape"], dtype=np.int64))
+def mismatch_message(kind, field, me, mine, other, theirs):
+    """Horovod's wording: "Mismatched allreduce tensor shapes: One rank sent ... but ..."."""
+    if field == "shape":
+        what = "counts" if _count(mine) != _count(theirs) else "tensor shapes"
+        return (f"Mismatched {kind} {what}: rank {me} sent a tensor of shape {mine} "
+                f"({_count(mine)} elements), but rank {other} sent a tensor of shape {theirs} "
+                f"({_count(theirs)} elements)")
+    if field == "tensors":
+        return (f"Mismatched {kind} tensor counts: rank {me} sent {mine} tensors, "
+                f"but rank {other} sent {theirs}")
+    if field in ("shapes", "dtypes", "names") and len(mine) == len(theirs):
+        i = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        noun = field[:-1]
+        return (f"Mismatched {kind} tensor {noun}s: for tensor {i}, rank {me} sent {noun} "
+                f"{mine[i]}, but rank {other} sent {noun} {theirs[i]}")
+    return (f"Mismatched {kind} {field}: rank {me} sent {field} {mine!r}, "
+            f"but rank {other} sent {field} {theirs!r}")
+
+
+def _count(shape):
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def _check_out(arr, out):

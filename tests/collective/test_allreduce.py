@@ -196,7 +196,7 @@ def test_mismatched_dtype_op_shape_algorithm(comm):
     cases = [
         (dict(x=np.ones(6, np.float64 if last else np.float32)), "dtype", "float32"),
         (dict(x=np.ones(6), op="max" if last else "sum"), "op", "'max'"),
-        (dict(x=np.ones((2, 3) if last else (3, 2))), "shape", "(2, 3)"),
+        (dict(x=np.ones((2, 3) if last else (3, 2))), "tensor shapes", "(2, 3)"),
         (dict(x=np.ones(6), algorithm="ring" if last else "tree"), "algorithm", "'ring'"),
     ]
     for kwargs, what, named in cases:
