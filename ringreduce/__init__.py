@@ -5,7 +5,10 @@
 """
 from ._allreduce import (ALGORITHM_NAMES, OPS, MismatchError, RingReduceError, allreduce,
                          choose_algorithm)
+from ._config import get_config
+from ._fusion import assign_buckets
+from ._grouped import grouped_allreduce
 
-__all__ = ["allreduce", "choose_algorithm", "MismatchError", "RingReduceError", "OPS",
-           "ALGORITHM_NAMES"]
+__all__ = ["allreduce", "grouped_allreduce", "assign_buckets", "choose_algorithm",
+           "get_config", "MismatchError", "RingReduceError", "OPS", "ALGORITHM_NAMES"]
 __version__ = "0.1.0"

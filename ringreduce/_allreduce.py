@@ -19,6 +19,7 @@ import struct
 import numpy as np
 
 from ._comm import TAG_FOLD, get_comm
+from ._config import get_config
 from ._schedule import doubling_plan
 from .algorithms import ALGORITHMS
 from .kernels.cpu import reduce_kernel, scale_kernel
@@ -31,10 +32,6 @@ DTYPES = tuple(np.dtype(c) for c in (
     "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
     "float16", "float32", "float64", "complex64", "complex128"))
 _DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
-
-# Default segment: the largest message one step of an algorithm sends. Chosen from the
-# segment sweep in docs/benchmarks.md (``python -m ringreduce.bench -a ring:64K ring:256K ...``).
-DEFAULT_SEGMENT_BYTES = 1 << 20
 
 # "auto" thresholds in bytes, from the 2- and 4-rank tables in docs/benchmarks.md
 # (``python -m ringreduce.bench``): below SMALL the data rides in the header's own lg p
@@ -119,9 +116,12 @@ class _Call:
         if algorithm not in ALGORITHM_NAMES:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
                              f"{', '.join(ALGORITHM_NAMES)}")
+        cfg = get_config()
+        if algorithm == "auto":
+            algorithm = cfg.algorithm  # RINGREDUCE_ALGORITHM, "auto" unless set
         self.op, self.algorithm = op, algorithm
         self.reduce, self.scale = _kernels(op, arr.dtype)
-        seg = DEFAULT_SEGMENT_BYTES if segment_bytes is None else segment_bytes
+        seg = cfg.segment_bytes if segment_bytes is None else segment_bytes
         if not isinstance(seg, (int, np.integer)) or seg < arr.dtype.itemsize:
             raise ValueError(f"segment_bytes must be an int of at least one element "
                              f"({arr.dtype.itemsize} bytes for {arr.dtype}), got {segment_bytes!r}")
@@ -147,7 +147,8 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     ``op``: "sum", "avg", "min", "max" or "prod". ``algorithm``: "auto", "ring", "tree",
     "rhd" or "doubling". ``comm``: an mpi4py communicator (default COMM_WORLD).
     ``out``: ``None`` for a new array, ``x`` itself to reduce in place, or another array of
-    x's shape and dtype. ``segment_bytes``: the largest single message (default 1 MiB).
+    x's shape and dtype. ``segment_bytes``: the largest single message (default
+    ``RINGREDUCE_SEGMENT_BYTES``, 1 MiB).
 
     Every rank gets a bitwise-identical result, of x's shape and dtype. Ranks that pass
     different shapes, dtypes, ops or algorithms all raise :class:`MismatchError`; a rank whose

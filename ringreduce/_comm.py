@@ -7,6 +7,8 @@ float16 and complex included, moves the same way without an MPI datatype per dty
 """
 from mpi4py import MPI
 
+from ._config import check_agreement
+
 # Tags keep the phases of one call apart even when two phases talk to the same neighbour.
 TAG_REDUCE = 11
 TAG_GATHER = 12
@@ -72,5 +74,8 @@ def get_comm(comm=None):
         if cached.user is comm or MPI.Group.Compare(cached.group, comm.Get_group()) == MPI.IDENT:
             return cached
     wrapped = Comm(comm)
+    # The first collective on a communicator: make sure every rank runs with the same
+    # settings before any schedule depends on them.
+    check_agreement(wrapped.mpi)
     _comms[key] = wrapped
     return wrapped

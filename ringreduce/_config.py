@@ -1,0 +1,121 @@
+"""Configuration from ``RINGREDUCE_*`` environment variables, validated once per process.
+
+Every variable is parsed on first use; a bad value is a ``ValueError`` naming the variable, the
+value and what is allowed. The first collective on a communicator (its duplication in
+``_comm.get_comm``) also compares the parsed values across ranks, so ranks started with
+different settings all raise instead of running different schedules.
+"""
+import math
+import os
+from dataclasses import astuple, dataclass, fields
+
+# Defaults. FUSION_THRESHOLD: 64 MiB, from the fusion sweep in docs/benchmarks.md
+# ("Fusion threshold"): on the ResNet-50-shaped list, 16, 64 and 128 MiB buckets were within
+# noise of each other at 2 ranks, and 64 MiB needs half Horovod's buffer memory.
+DEFAULTS = {
+    "RINGREDUCE_ALGORITHM": "auto",
+    "RINGREDUCE_FUSION_THRESHOLD": 64 << 20,
+    "RINGREDUCE_CYCLE_TIME_MS": 1.0,
+    "RINGREDUCE_TIMELINE": "",
+    "RINGREDUCE_STALL_CHECK_SECONDS": 60.0,
+    "RINGREDUCE_STALL_SHUTDOWN_SECONDS": 0.0,
+    # The largest message one step of an algorithm sends: 1 MiB won the segment sweep in
+    # docs/benchmarks.md (``python -m ringreduce.bench -a ring:64K ring:256K ring:1M ring:4M``).
+    "RINGREDUCE_SEGMENT_BYTES": 1 << 20,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    algorithm: str
+    fusion_threshold: int
+    cycle_time_ms: float
+    timeline: str
+    stall_check_seconds: float
+    stall_shutdown_seconds: float
+    segment_bytes: int
+
+    def items(self):
+        return [(f"RINGREDUCE_{f.name.upper()}", v) for f, v in zip(fields(self), astuple(self))]
+
+
+def _number(name, text, kind, minimum, allowed, strict=False):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)) \
+            or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name}={text!r} is not valid; expected {allowed}")
+    return value
+
+
+def _int_bytes(name, text, allowed):
+    t = str(text).strip()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    mult = 1
+    if t[-1:].upper() in units:
+        mult, t = units[t[-1].upper()], t[:-1]
+    return _number(name, t, int, 0, allowed) * mult
+
+
+def parse(env=None):
+    """Parse the ``RINGREDUCE_*`` variables of ``env`` (default ``os.environ``)."""
+    from ._allreduce import ALGORITHM_NAMES
+    env = os.environ if env is None else env
+
+    def get(name):
+        return env.get(name, DEFAULTS[name])
+
+    algorithm = get("RINGREDUCE_ALGORITHM")
+    if algorithm not in ALGORITHM_NAMES:
+        raise ValueError(f"RINGREDUCE_ALGORITHM={algorithm!r} is not valid; expected one of "
+                         f"{', '.join(ALGORITHM_NAMES)}")
+    fusion = _int_bytes("RINGREDUCE_FUSION_THRESHOLD", get("RINGREDUCE_FUSION_THRESHOLD"),
+                        "a whole number of bytes >= 0, optionally with K, M or G (0 turns fusion off)")
+    seg = _int_bytes("RINGREDUCE_SEGMENT_BYTES", get("RINGREDUCE_SEGMENT_BYTES"),
+                     "a whole number of bytes >= 1, optionally with K, M or G")
+    if seg < 1:
+        raise ValueError(f"RINGREDUCE_SEGMENT_BYTES={get('RINGREDUCE_SEGMENT_BYTES')!r} is not "
+                         "valid; expected a whole number of bytes >= 1")
+    cycle = _number("RINGREDUCE_CYCLE_TIME_MS", get("RINGREDUCE_CYCLE_TIME_MS"), float, 0,
+                    "a number of milliseconds > 0", strict=True)
+    check = _number("RINGREDUCE_STALL_CHECK_SECONDS", get("RINGREDUCE_STALL_CHECK_SECONDS"),
+                    float, 0, "a number of seconds >= 0 (0 turns the stall warning off)")
+    shutdown = _number("RINGREDUCE_STALL_SHUTDOWN_SECONDS",
+                       get("RINGREDUCE_STALL_SHUTDOWN_SECONDS"), float, 0,
+                       "a number of seconds >= 0 (0 never shuts down)")
+    timeline = str(get("RINGREDUCE_TIMELINE"))
+    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg)
+
+
+_config = None
+
+
+def get_config():
+    """The process's configuration, parsed on first use."""
+    global _config
+    if _config is None:
+        _config = parse()
+    return _config
+
+
+def check_agreement(mpi_comm):
+    """Collective: raise ValueError on every rank if any rank's configuration is invalid or
+    differs from another's. Called once per communicator, when it is first used."""
+    try:
+        mine = (get_config().items(), None)
+    except ValueError as exc:
+        mine = (None, str(exc))
+    everyone = mpi_comm.allgather(mine)
+    rank = mpi_comm.Get_rank()
+    bad = [(r, err) for r, (_, err) in enumerate(everyone) if err]
+    if bad:
+        raise ValueError("invalid ringreduce configuration: "
+                         + "; ".join(f"rank {r}: {err}" for r, err in bad))
+    for r, (items, _) in enumerate(everyone):
+        for (name, value), (_, my_value) in zip(items, everyone[rank][0]):
+            if value != my_value:
+                raise ValueError(f"ranks were started with different ringreduce settings: "
+                                 f"{name} is {my_value!r} on rank {rank} but {value!r} on "
+                                 f"rank {r}; set the same value on every rank")

@@ -1,0 +1,106 @@
+"""``grouped_allreduce``: many tensors, fused into few buckets, one allreduce per bucket."""
+import numpy as np
+
+from ._allreduce import (_DTYPE_CODE, ALGORITHM_NAMES, OPS, _kernels, _negotiate, _MASK,
+                         as_array, run_algorithm)
+from ._comm import get_comm
+from ._config import get_config
+from ._fusion import assign_buckets, group_by_dtype, offsets_of, pack, unpack
+
+
+def _fusion_buffer(c, dtype, n):
+    """A reusable 1-D buffer of at least ``n`` elements per communicator and dtype: a fresh
+    64 MiB allocation per call would cost more in page faults than the copy into it."""
+    bufs = c.__dict__.setdefault("fusion_buffers", {})
+    buf = bufs.get(dtype)
+    if buf is None or buf.size < n:
+        buf = bufs[dtype] = np.empty(n, dtype)
+    return buf[:n]
+
+
+def validate_group(arrays, op, algorithm, inplace):
+    """Local checks; returns ``(arrays as numpy, kernels per dtype, algorithm)``."""
+    if isinstance(arrays, np.ndarray) or not hasattr(arrays, "__iter__"):
+        raise TypeError(f"grouped_allreduce takes a list or tuple of arrays, got "
+                        f"{type(arrays).__name__}")
+    arrs = [as_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    if algorithm not in ALGORITHM_NAMES:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
+                         f"{', '.join(ALGORITHM_NAMES)}")
+    if algorithm == "auto":
+        algorithm = get_config().algorithm
+    kernels = {a.dtype: _kernels(op, a.dtype) for a in arrs}
+    if inplace:
+        for i, a in enumerate(arrs):
+            if not a.flags.writeable:
+                raise ValueError(f"inplace=True needs writeable arrays; arrays[{i}] is read-only")
+    return arrs, kernels, algorithm
+
+
+def group_signature(arrs, op, algorithm):
+    return hash((len(arrs), tuple((a.shape, _DTYPE_CODE[a.dtype]) for a in arrs),
+                 OPS.index(op), ALGORITHM_NAMES.index(algorithm))) & _MASK
+
+
+def describe_group(arrs, op, algorithm):
+    return {"call": "grouped_allreduce", "tensors": len(arrs),
+            "shapes": tuple(a.shape for a in arrs), "dtypes": tuple(str(a.dtype) for a in arrs),
+            "op": op, "algorithm": algorithm}
+
+
+def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=False,
+                      fusion_threshold=None, segment_bytes=None):
+    """Allreduce a list of arrays with few messages: fused per dtype into buckets of at most
+    ``fusion_threshold`` bytes (default ``RINGREDUCE_FUSION_THRESHOLD``), one allreduce each.
+
+    Returns a list of results, one per array, each of its array's shape and dtype. With
+    ``inplace=True`` the results are written into the given arrays (numpy arrays or zero-copy
+    views such as a CPU torch tensor's ``t.numpy()``) and those are returned. Every rank must
+    pass the same number of arrays with the same shapes and dtypes, in the same order; if
+    not, every rank raises :class:`MismatchError` naming the first difference.
+    """
+    c = get_comm(comm)
+    cfg = get_config()
+    try:
+        arrs, kernels, algorithm = validate_group(arrays, op, algorithm, inplace)
+        sig, local_error = group_signature(arrs, op, algorithm), None
+    except (TypeError, ValueError) as exc:
+        sig, local_error = 0, exc
+    if local_error is not None:
+        _negotiate(c, 0, local_error, None)  # raises on every rank
+    _negotiate(c, sig, None, describe_group(arrs, op, algorithm))
+    cap = cfg.fusion_threshold if fusion_threshold is None else int(fusion_threshold)
+    seg = cfg.segment_bytes if segment_bytes is None else int(segment_bytes)
+    outs = arrs if inplace else [np.empty(a.shape, a.dtype) for a in arrs]
+    for dtype, idx in group_by_dtype(arrs).items():
+        reduce, scale = kernels[dtype]
+        for bucket in assign_buckets([arrs[i].nbytes for i in idx], cap):
+            members = [idx[j] for j in bucket]
+            reduce_bucket(c, [arrs[i] for i in members], [outs[i] for i in members],
+                          dtype, reduce, scale, algorithm, seg)
+    return list(arrays) if inplace else outs
+
+
+def reduce_bucket(c, ins, outs, dtype, reduce, scale, algorithm, seg):
+    """Reduce one bucket: a lone contiguous tensor goes straight through, else pack, reduce in
+    the fusion buffer, unpack. The ranks already agreed on everything, so no header."""
+    if len(ins) == 1 and ins[0].flags.c_contiguous and outs[0].flags.c_contiguous:
+        src = ins[0].reshape(-1)
+        # The same object when in place: algorithms recognise in-place by identity.
+        dst = src if outs[0] is ins[0] else outs[0].reshape(-1)
+        if src.size:
+            run_algorithm(c, algorithm, src, dst, reduce, seg)
+            if scale is not None:
+                scale(dst, c.size)
+        return
+    offsets, total = offsets_of(ins)
+    if total == 0:
+        return
+    buf = _fusion_buffer(c, dtype, total)
+    pack(ins, buf, offsets)
+    run_algorithm(c, algorithm, buf, buf, reduce, seg)
+    if scale is not None:
+        scale(buf, c.size)
+    unpack(buf, outs, offsets)
