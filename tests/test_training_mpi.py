@@ -17,6 +17,7 @@ instead of stalling the suite. Under mpiexec these tests are skipped: they launc
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,9 +146,8 @@ def test_nonfinite_gradient_is_skipped_on_every_rank(tmp_path, n, inject):
     metrics = str(tmp_path / "m.json")
     _, _, err = mpirun(n, [*SMALL, "--max-steps", "6", "--inject-nonfinite", inject,
                            "--check-sync", "--save-params", params, "--metrics-out", metrics])
-    warned = [line for line in err.splitlines()
-              if f"step {step}: the reduced gradient holds NaN or Inf" in line]
-    assert sorted(int(line.split("rank ")[1].split(":")[0]) for line in warned) == list(range(n))
+    warned = re.findall(rf"rank (\d+): step {step}: the reduced gradient holds NaN or Inf", err)
+    assert sorted(map(int, warned)) == list(range(n)), err  # every rank, once each
     with open(metrics) as fh:
         m = json.load(fh)
     assert m["skipped_steps"] == [step] and m["sync_checks"] == 6
@@ -239,8 +239,8 @@ print("library ok", r, flush=True)
 
 def test_broadcast_and_gradsync_across_ranks():
     _, out, _ = mpirun(3, ["-m", "mpi4py", "-c", LIBRARY_CHECK], script=None)
-    assert sorted(line for line in out.splitlines() if line.startswith("library ok")) == \
-        [f"library ok {r}" for r in range(3)]
+    # mpiexec merges the ranks' output streams, so lines may be interleaved: search, not split.
+    assert sorted(re.findall(r"library ok (\d)", out)) == ["0", "1", "2"], out
 
 
 def test_bundled_digits_and_user_data(tmp_path):
