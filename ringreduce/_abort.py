@@ -1,0 +1,49 @@
+"""End the whole job when one rank dies of an uncaught exception.
+
+A rank that raises and then exits normally calls ``MPI_Finalize``, which can wait forever for
+ranks that are themselves waiting in a collective for the dead one (mpi4py's documentation,
+"mpi4py.run"). ``python -m mpi4py script.py`` avoids that by calling ``MPI_Abort`` on an
+uncaught exception; importing ringreduce installs the same behaviour for plain
+``python script.py`` (set ``RINGREDUCE_ABORT_ON_EXCEPTION=0`` to opt out): the traceback is
+printed first, then ``MPI_Abort(COMM_WORLD, 1)`` ends every rank with a non-zero exit code.
+Uncaught exceptions in other threads do the same.
+"""
+import os
+import sys
+import threading
+
+_installed = False
+
+
+def _abort(code=1):
+    from mpi4py import MPI
+    if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(code)
+
+
+def install():
+    global _installed
+    if _installed or os.environ.get("RINGREDUCE_ABORT_ON_EXCEPTION", "1") == "0":
+        return
+    _installed = True
+    previous = sys.excepthook
+    previous_thread = threading.excepthook
+
+    def hook(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        if not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            sys.stderr.write("ringreduce: uncaught exception on this rank; aborting the job "
+                             "so the other ranks do not wait forever\n")
+            _abort(1)
+
+    def thread_hook(args):
+        previous_thread(args)
+        if args.exc_type is not SystemExit:
+            sys.stderr.write(f"ringreduce: uncaught exception in thread {args.thread.name}; "
+                             "aborting the job\n")
+            _abort(1)
+
+    sys.excepthook = hook
+    threading.excepthook = thread_hook

@@ -1,0 +1,98 @@
+"""allreduce_async and the background engine, at any rank count."""
+import time
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ringreduce as rr
+
+P = MPI.COMM_WORLD.Get_size()
+RANK = MPI.COMM_WORLD.Get_rank()
+TRI = P * (P + 1) // 2
+
+
+def test_many_handles_any_submission_and_wait_order():
+    names = [f"t{i:02d}" for i in range(30)]
+    rng = np.random.default_rng(RANK)
+    order = list(rng.permutation(names))          # a different submission order per rank
+    dtypes = [np.float32, np.float64, np.int32]
+    handles = {}
+    for n in order:
+        i = int(n[1:])
+        x = np.full(1 + 37 * i, RANK + 1, dtypes[i % 3])
+        handles[n] = (rr.allreduce_async(x, name=n), x.copy(), x)
+    for n in names[::-1]:
+        h, keep, x = handles[n]
+        got = h.wait(timeout=60)
+        assert h.done()
+        assert got.dtype == keep.dtype and got.shape == keep.shape
+        assert np.all(got == TRI), n
+        np.testing.assert_array_equal(x, keep)
+
+
+def test_unnamed_in_same_order_and_ops():
+    hs = [rr.allreduce_async(np.full(5, RANK + 1.0), op) for op in ("sum", "max", "min", "avg")]
+    res = [h.wait(timeout=60) for h in hs]
+    assert np.all(res[0] == TRI) and np.all(res[1] == P) and np.all(res[2] == 1)
+    np.testing.assert_allclose(res[3], TRI / P)
+
+
+def test_out_and_in_place_and_non_contiguous():
+    base = np.arange(24, dtype=np.float64).reshape(4, 6) * (RANK + 1)
+    view = base[:, ::2]
+    expect = np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2] * TRI
+    h1 = rr.allreduce_async(view, name="nc-in", out=view)
+    out = np.empty((3, 4)).T
+    h2 = rr.allreduce_async(np.arange(12.0).reshape(4, 3) * (RANK + 1), name="nc-out", out=out)
+    assert h1.wait(timeout=60) is view and h2.wait(timeout=60) is out
+    np.testing.assert_array_equal(base[:, ::2], expect)
+    np.testing.assert_array_equal(out, np.arange(12.0).reshape(4, 3) * TRI)
+    np.testing.assert_array_equal(base[:, 1::2], np.arange(24.0).reshape(4, 6)[:, 1::2] * (RANK + 1))
+
+
+def test_bitwise_identical_and_matches_sync():
+    rng = np.random.default_rng(100 + RANK)
+    xs = [rng.standard_normal(n).astype(np.float32) for n in (10, 1000, 100000)]
+    hs = [rr.allreduce_async(x, name=f"b{i}") for i, x in enumerate(xs)]
+    got = [h.wait(timeout=60) for h in hs]
+    everyone = MPI.COMM_WORLD.allgather(b"".join(g.tobytes() for g in got))
+    assert all(e == everyone[0] for e in everyone)
+    for g, x in zip(got, xs):
+        np.testing.assert_allclose(g, rr.allreduce(x), rtol=1e-5, atol=1e-5)
+
+
+def test_overlaps_caller_work():
+    """done() turns true while the caller keeps computing, without waiting."""
+    h = rr.allreduce_async(np.ones(1 << 16), name="bg")
+    deadline = time.monotonic() + 60
+    while not h.done() and time.monotonic() < deadline:
+        np.dot(np.ones((50, 50)), np.ones((50, 50)))
+    assert h.done()
+    assert np.all(h.wait() == P)
+
+
+def test_local_errors_raise_at_submit():
+    with pytest.raises(ValueError, match="expected one of sum, avg"):
+        rr.allreduce_async(np.ones(2), "mean")
+    with pytest.raises(TypeError, match="avg"):
+        rr.allreduce_async(np.ones(2, np.int64), "avg")
+    h = rr.allreduce_async(np.ones(2), name="dup")
+    with pytest.raises(ValueError, match="already in flight"):
+        rr.allreduce_async(np.ones(2), name="dup")
+    assert np.all(h.wait(timeout=60) == P)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_mismatched_shapes_error_on_every_rank():
+    n = 5 if RANK == 0 else 6
+    h = rr.allreduce_async(np.ones(n), name="mm")
+    ok = rr.allreduce_async(np.ones(3), name="fine")
+    with pytest.raises(rr.MismatchError) as info:
+        h.wait(timeout=60)
+    msg = str(info.value)
+    assert "Mismatched allreduce counts" in msg and "'mm'" in msg and "(5,)" in msg and "(6,)" in msg
+    assert np.all(ok.wait(timeout=60) == P)
+    h = rr.allreduce_async(np.ones(2, np.float32 if RANK else np.float64), name="dt")
+    with pytest.raises(rr.MismatchError, match="dtype"):
+        h.wait(timeout=60)
