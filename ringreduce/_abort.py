@@ -13,10 +13,17 @@ import sys
 import threading
 
 _installed = False
+# Called before MPI_Abort (the timeline writes its last events here).
+before_abort = []
 
 
 def _abort(code=1):
     from mpi4py import MPI
+    for fn in before_abort:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - aborting anyway; the hook must not stop that
+            pass
     if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()

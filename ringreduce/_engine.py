@@ -31,9 +31,10 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from . import _abort
 from ._allreduce import (ALGORITHM_NAMES, OPS, MismatchError, RingReduceError, _check_out,
                          _kernels, as_array, mismatch_message, run_algorithm)
-from ._comm import Comm
+from ._comm import Comm, get_comm
 from ._config import get_config
 from ._fusion import assign_buckets, offsets_of, pack, unpack
 from ._timeline import Timeline
@@ -144,6 +145,8 @@ class _Channel:
                 for r in range(1, self.size):
                     self.sends.append(self.ctrl.isend(response, dest=r, tag=TAG_RESPONSE))
                 self.apply(response)
+                if self.engine.timeline is not None:
+                    self.engine.timeline.flush()
                 busy = True
         else:
             while self.ctrl.iprobe(source=0, tag=TAG_RESPONSE):
@@ -339,6 +342,7 @@ class Engine:
             cfg = get_config()
             if cfg.timeline and MPI.COMM_WORLD.Get_rank() == 0:
                 self.timeline = Timeline(cfg.timeline)
+                _abort.before_abort.append(self.timeline.flush)
             self.running = True
             self.thread = threading.Thread(target=self.loop, name="ringreduce-engine", daemon=True)
             self.thread.start()
@@ -362,8 +366,7 @@ class Engine:
                     busy |= ch.progress(now, cfg)
                 if self.abort_at is not None and now > self.abort_at:
                     sys.stderr.write("ringreduce: stall shutdown: ending the job\n")
-                    sys.stderr.flush()
-                    MPI.COMM_WORLD.Abort(1)
+                    _abort._abort(1)
                 if not busy:
                     time.sleep(idle_sleep)
         except Exception as exc:  # noqa: BLE001 - fail every handle, then let the hook abort
@@ -378,7 +381,7 @@ class Engine:
         if self.thread is not None:
             self.thread.join(timeout=10)
         if self.timeline is not None:
-            self.timeline.flush(force=True)
+            self.timeline.close()
 
 
 _engine = Engine()
@@ -433,3 +436,14 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     e.submitted = time.monotonic()
     ch.submit(e)
     return e.handle
+
+
+def init(comm=None):
+    """Collective set-up, as ``hvd.init()``: validate and compare the configuration, duplicate
+    the communicator for the library and start the background engine. Optional (the first
+    call of each kind does it too), but call it at start-up: then a rank that stalls before
+    its first allreduce is reported by the stall inspector instead of waiting silently in
+    the set-up."""
+    comm = MPI.COMM_WORLD if comm is None else comm
+    get_comm(comm)
+    _engine.channel(comm)

@@ -1,13 +1,14 @@
 """Chrome-trace timeline (``RINGREDUCE_TIMELINE=trace.json``), written by rank 0.
 
 One row per tensor, one complete event ("ph": "X") per phase: WAIT_FOR_DATA (first rank's
-submission to the last rank's), NEGOTIATE (last submission to the coordinator's response),
-QUEUE (response to start of work), PACK, ALLREDUCE (args name the algorithm and bucket),
-UNPACK. Open it in chrome://tracing or https://ui.perfetto.dev.
+submission to the last rank's, as the coordinator saw them), NEGOTIATE (last submission to
+the coordinator's response), QUEUE (response to start of work), PACK, ALLREDUCE (args name
+the algorithm and the bucket), UNPACK. Open it in chrome://tracing or https://ui.perfetto.dev.
 
-The file is always valid JSON: events are kept in memory and the whole file is rewritten
-atomically (temporary file, rename) at most once a second and at exit, so a job that dies
-leaves the last complete trace rather than a truncated one.
+The file is valid JSON at every moment: it always ends in ``]}``, and new events are written
+over that ending in one ``write`` per engine cycle (``...,{event},{event}]}``). A rank killed
+by ``MPI_Abort`` from another rank, which runs no exit handler, still leaves a readable trace
+of everything up to its last cycle.
 """
 import json
 import os
@@ -16,40 +17,45 @@ import time
 
 
 class Timeline:
-    def __init__(self, path, flush_seconds=1.0):
+    def __init__(self, path):
         self.path = path
-        self.events = []
+        self.pending = []
+        self.count = 0
         self.lock = threading.Lock()
-        self.flush_seconds = flush_seconds
-        self.last_flush = 0.0
         self.t0 = time.perf_counter()
         self.tids = {}
-        self.flush(force=True)
-
-    def us(self, t):
-        return (t - self.t0) * 1e6
+        self.file = open(path, "w")
+        self.file.write('{"displayTimeUnit": "ms", "traceEvents": []}')
+        self.file.flush()
 
     def _tid(self, name):
         tid = self.tids.get(name)
         if tid is None:
             tid = self.tids[name] = len(self.tids) + 1
-            self.events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": tid,
-                                "args": {"name": name}})
+            self.pending.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": tid,
+                                 "args": {"name": name}})
         return tid
 
     def phase(self, tensor, phase, start, end, **args):
+        """Record one phase of one tensor (perf_counter times); written at the next flush."""
         with self.lock:
-            self.events.append({"name": phase, "ph": "X", "pid": 0, "tid": self._tid(tensor),
-                                "ts": round(self.us(start), 3),
-                                "dur": round(max(0.0, end - start) * 1e6, 3), "args": args})
-        if time.perf_counter() - self.last_flush > self.flush_seconds:
-            self.flush()
+            self.pending.append({"name": phase, "ph": "X", "pid": 0, "tid": self._tid(tensor),
+                                 "ts": round((start - self.t0) * 1e6, 3),
+                                 "dur": round(max(0.0, end - start) * 1e6, 3), "args": args})
 
-    def flush(self, force=False):
+    def flush(self):
         with self.lock:
-            data = json.dumps({"traceEvents": self.events, "displayTimeUnit": "ms"})
-            self.last_flush = time.perf_counter()
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+            if not self.pending or self.file.closed:
+                return
+            body = ",".join(json.dumps(e) for e in self.pending)
+            self.pending = []
+            self.file.seek(0, os.SEEK_END)
+            self.file.seek(self.file.tell() - 2)
+            self.file.write(("," if self.count else "") + body + "]}")
+            self.file.flush()
+            self.count += 1
+
+    def close(self):
+        self.flush()
+        with self.lock:
+            self.file.close()

@@ -1,0 +1,149 @@
+"""Guard rails, triggered for real in small MPI jobs: stalls, a rank that raises, bad or
+differing configuration, and the timeline surviving a crash. Every job runs with a timeout,
+so a hang fails the test instead of stalling the suite."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_job(tmp_path, script, n=2, env=None, timeout=90, sections=None):
+    """Run ``script`` on ``n`` ranks; returns (returncode, output, seconds)."""
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(script))
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGREDUCE_")}
+    full_env.update(env or {})
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if sections:  # MPMD: [(ranks, {VAR: value}), ...] in Hydra's syntax
+        cmd = [MPIEXEC]
+        for i, (ranks, extra) in enumerate(sections):
+            if i:
+                cmd.append(":")
+            cmd += ["-n", str(ranks)]
+            for k, v in extra.items():
+                cmd += ["-env", k, v]
+            cmd += [sys.executable, str(path)]
+    else:
+        cmd = [MPIEXEC, "-n", str(n), sys.executable, str(path)]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+
+def test_stall_warning_names_missing_rank_and_tensor(tmp_path):
+    rc, out, _ = run_job(tmp_path, """
+        import time, numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        rr.init()
+        if rank == 1:
+            time.sleep(3.5)
+        h = rr.allreduce_async(np.ones(4), name="layer1.weight.grad")
+        print(f"rank {rank} result {h.wait(timeout=60)[0]}")
+    """, env={"RINGREDUCE_STALL_CHECK_SECONDS": "1"})
+    assert rc == 0, out
+    assert "stall warning" in out and "ranks [1] have not submitted 'layer1.weight.grad'" in out
+    assert "rank 0 result 2.0" in out and "rank 1 result 2.0" in out
+
+
+def test_stall_shutdown_errors_every_waiting_rank_and_ends_job(tmp_path):
+    rc, out, seconds = run_job(tmp_path, """
+        import time, numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        rr.init()
+        if rank == 1:
+            time.sleep(120)          # never submits in time
+        h = rr.allreduce_async(np.ones(4), name="stuck")
+        try:
+            h.wait(timeout=100)
+        except rr.StallError as exc:
+            print(f"rank {rank} StallError: {exc}", flush=True)
+            time.sleep(1)
+            raise
+    """, n=3, env={"RINGREDUCE_STALL_CHECK_SECONDS": "1",
+                   "RINGREDUCE_STALL_SHUTDOWN_SECONDS": "2"})
+    assert rc != 0, out
+    assert seconds < 60, f"took {seconds:.0f} s"
+    for r in (0, 2):
+        assert f"rank {r} StallError" in out, out
+    assert "ranks [1] have not submitted 'stuck'" in out
+
+
+def test_uncaught_exception_on_one_rank_ends_job_quickly(tmp_path):
+    rc, out, seconds = run_job(tmp_path, """
+        import numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.Get_rank() == 1:
+            raise RuntimeError("boom on rank 1")
+        rr.allreduce(np.ones(1000))   # rank 0 waits here for rank 1
+        print("rank 0 finished")
+    """, n=3)
+    assert rc != 0
+    assert seconds < 60, f"took {seconds:.0f} s"
+    assert "boom on rank 1" in out and "aborting the job" in out
+    assert "rank 0 finished" not in out
+
+
+def test_bad_variable_is_an_error_on_every_rank(tmp_path):
+    rc, out, _ = run_job(tmp_path, """
+        import numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        try:
+            rr.allreduce(np.ones(3))
+        except ValueError as exc:
+            print(f"rank {rank} ValueError: {exc}")
+    """, env={"RINGREDUCE_FUSION_THRESHOLD": "abc"})
+    assert rc == 0, out
+    for r in (0, 1):
+        line = next((l for l in out.splitlines() if l.startswith(f"rank {r} ValueError")), "")
+        assert "RINGREDUCE_FUSION_THRESHOLD='abc'" in line and "whole number of bytes" in line
+
+
+def test_ranks_with_different_settings_are_told(tmp_path):
+    rc, out, _ = run_job(tmp_path, """
+        import numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        try:
+            rr.allreduce(np.ones(3))
+        except ValueError as exc:
+            print(f"rank {rank} ValueError: {exc}")
+    """, sections=[(1, {"RINGREDUCE_CYCLE_TIME_MS": "5"}), (1, {})])
+    assert rc == 0, out
+    for r in (0, 1):
+        line = next((l for l in out.splitlines() if l.startswith(f"rank {r} ValueError")), "")
+        assert "RINGREDUCE_CYCLE_TIME_MS" in line and "different" in line
+        assert "5.0" in line and "1.0" in line
+
+
+def test_timeline_is_valid_json_after_a_crash(tmp_path):
+    trace = tmp_path / "trace.json"
+    rc, out, _ = run_job(tmp_path, """
+        import numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+        hs = [rr.allreduce_async(np.ones(100 * (i + 1)), name=f"grad{i}") for i in range(5)]
+        [h.wait(timeout=60) for h in hs]
+        MPI.COMM_WORLD.Barrier()
+        if rank == 1:
+            raise RuntimeError("crash after the step")
+        rr.allreduce(np.ones(3))
+    """, env={"RINGREDUCE_TIMELINE": str(trace)})
+    assert rc != 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    phases = {e["name"] for e in events if e.get("ph") == "X"}
+    assert {"WAIT_FOR_DATA", "NEGOTIATE", "QUEUE", "ALLREDUCE"} <= phases
+    names = {e["args"]["name"] for e in events if e.get("ph") == "M"}
+    assert {f"grad{i}" for i in range(5)} <= names
