@@ -11,6 +11,7 @@ Uncaught exceptions in other threads do the same.
 import os
 import sys
 import threading
+import time
 
 _installed = False
 # Called before MPI_Abort (the timeline writes its last events here).
@@ -27,6 +28,8 @@ def _abort(code=1):
     if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
+        # Give the launcher a moment to forward the traceback before it tears the job down.
+        time.sleep(0.5)
         MPI.COMM_WORLD.Abort(code)
 
 

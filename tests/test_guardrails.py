@@ -22,7 +22,9 @@ def run_job(tmp_path, script, n=2, env=None, timeout=90, sections=None):
     path.write_text(textwrap.dedent(script))
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RINGREDUCE_")}
     full_env.update(env or {})
-    full_env["PYTHONUNBUFFERED"] = "1"
+    # Output stays block-buffered and scripts print with flush=True: one write per line, so
+    # lines of different ranks cannot interleave mid-line.
+    full_env.pop("PYTHONUNBUFFERED", None)
     if sections:  # MPMD: [(ranks, {VAR: value}), ...] in Hydra's syntax
         cmd = [MPIEXEC]
         for i, (ranks, extra) in enumerate(sections):
@@ -49,7 +51,7 @@ def test_stall_warning_names_missing_rank_and_tensor(tmp_path):
         if rank == 1:
             time.sleep(3.5)
         h = rr.allreduce_async(np.ones(4), name="layer1.weight.grad")
-        print(f"rank {rank} result {h.wait(timeout=60)[0]}")
+        print(f"rank {rank} result {h.wait(timeout=60)[0]}", flush=True)
     """, env={"RINGREDUCE_STALL_CHECK_SECONDS": "1"})
     assert rc == 0, out
     assert "stall warning" in out and "ranks [1] have not submitted 'layer1.weight.grad'" in out
@@ -87,7 +89,7 @@ def test_uncaught_exception_on_one_rank_ends_job_quickly(tmp_path):
         if MPI.COMM_WORLD.Get_rank() == 1:
             raise RuntimeError("boom on rank 1")
         rr.allreduce(np.ones(1000))   # rank 0 waits here for rank 1
-        print("rank 0 finished")
+        print("rank 0 finished", flush=True)
     """, n=3)
     assert rc != 0
     assert seconds < 60, f"took {seconds:.0f} s"
@@ -103,7 +105,7 @@ def test_bad_variable_is_an_error_on_every_rank(tmp_path):
         try:
             rr.allreduce(np.ones(3))
         except ValueError as exc:
-            print(f"rank {rank} ValueError: {exc}")
+            print(f"rank {rank} ValueError: {exc}", flush=True)
     """, env={"RINGREDUCE_FUSION_THRESHOLD": "abc"})
     assert rc == 0, out
     for r in (0, 1):
@@ -119,7 +121,7 @@ def test_ranks_with_different_settings_are_told(tmp_path):
         try:
             rr.allreduce(np.ones(3))
         except ValueError as exc:
-            print(f"rank {rank} ValueError: {exc}")
+            print(f"rank {rank} ValueError: {exc}", flush=True)
     """, sections=[(1, {"RINGREDUCE_CYCLE_TIME_MS": "5"}), (1, {})])
     assert rc == 0, out
     for r in (0, 1):
