@@ -5,6 +5,8 @@ the life of the process, so the library's messages can never match a receive of 
 (mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``), so every numpy dtype,
 float16 and complex included, moves the same way without an MPI datatype per dtype.
 """
+import time
+
 from mpi4py import MPI
 
 from ._config import check_agreement
@@ -44,14 +46,42 @@ class Comm:
     def sendrecv(self, sendbuf, dest, recvbuf, source, tag):
         self.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag)
 
-    @staticmethod
-    def waitall(requests):
+    def waitall(self, requests):
         if requests:
             MPI.Request.Waitall(requests)
 
-    @staticmethod
-    def wait(request):
+    def wait(self, request):
         request.Wait()
+
+
+class PoliteComm(Comm):
+    """A :class:`Comm` whose waits poll and sleep instead of spinning inside MPI.
+
+    Used by the background engine: a blocking MPI wait spins a core at 100%, and on a box
+    where every core also runs a rank's compute, that spin takes the core the caller's
+    forward/backward pass needs. Polling ``Test`` (which also drives MPI's progress, the
+    copies through shared memory) with short sleeps leaves it most of that core. The sleep
+    is ``POLL_SLEEP`` seconds; see docs/benchmarks.md ("Overlap") for the measurement.
+    """
+    POLL_SLEEP = 50e-6
+
+    def wait(self, request):
+        while not request.Test():
+            time.sleep(self.POLL_SLEEP)
+
+    def waitall(self, requests):
+        if requests:
+            while not MPI.Request.Testall(requests):
+                time.sleep(self.POLL_SLEEP)
+
+    def send(self, buf, dest, tag):
+        self.wait(self.isend(buf, dest, tag))
+
+    def recv(self, buf, source, tag):
+        self.wait(self.irecv(buf, source, tag))
+
+    def sendrecv(self, sendbuf, dest, recvbuf, source, tag):
+        self.waitall([self.irecv(recvbuf, source, tag), self.isend(sendbuf, dest, tag)])
 
 
 _comms = {}

@@ -31,12 +31,12 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import _abort
+from . import _abort, _device
 from ._allreduce import (ALGORITHM_NAMES, OPS, MismatchError, RingReduceError, _check_out,
                          _kernels, as_array, mismatch_message, run_algorithm)
-from ._comm import Comm, get_comm
+from ._comm import PoliteComm, get_comm
 from ._config import get_config
-from ._fusion import assign_buckets, offsets_of, pack, unpack
+from ._fusion import offsets_of, pack, plan_buckets, unpack
 from ._timeline import Timeline
 
 TAG_REQUEST = 21
@@ -82,6 +82,7 @@ class Handle:
 class _Entry:
     __slots__ = ("name", "arr", "flat_in", "flat_out", "result", "target", "op", "algorithm",
                  "seg", "handle", "meta", "submitted", "ready_time")
+    memory = "host"  # device arrays come as _device.DeviceEntry, reduced apart from these
 
 
 class _Channel:
@@ -90,7 +91,7 @@ class _Channel:
     def __init__(self, engine, user_comm):
         self.engine = engine
         self.ctrl = user_comm.Dup()
-        self.data = Comm(user_comm)
+        self.data = PoliteComm(user_comm)
         self.rank = self.ctrl.Get_rank()
         self.size = self.ctrl.Get_size()
         self.submitted = collections.deque()   # from user threads
@@ -175,7 +176,7 @@ class _Channel:
         first = seen[ranks[0]][0]
         for r in ranks[1:]:
             other = seen[r][0]
-            for i, field in enumerate(("shape", "dtype", "op", "algorithm")):
+            for i, field in enumerate(("shape", "dtype", "op", "algorithm", "memory")):
                 if other[i] != first[i]:
                     return (f"{mismatch_message('allreduce', field, ranks[0], first[i], r, other[i])}"
                             f" (tensor {name!r})")
@@ -246,11 +247,17 @@ class _Channel:
         # Fuse consecutive tensors of one dtype, op and algorithm.
         groups = collections.OrderedDict()
         for e in entries:
-            groups.setdefault((e.flat_in.dtype, e.op, e.algorithm, e.seg), []).append(e)
+            groups.setdefault((e.memory, e.flat_in.dtype, e.op, e.algorithm, e.seg),
+                              []).append(e)
         cap = get_config().fusion_threshold
-        for (dtype, op, algorithm, seg), group in groups.items():
+        for (memory, dtype, op, algorithm, seg), group in groups.items():
+            if memory == "device":  # CUDA device arrays: fused and reduced on the GPU
+                _device.engine_reduce_group(self, group, dtype, op, algorithm, seg, cap, tl,
+                                            start)
+                continue
             reduce, scale = _kernels(op, dtype)
-            for bucket in assign_buckets([e.flat_in.nbytes for e in group], cap):
+            direct = seg if cap > 0 else 0  # as in grouped_allreduce
+            for bucket in plan_buckets([e.flat_in.nbytes for e in group], cap, direct):
                 self.reduce_bucket([group[j] for j in bucket], dtype, reduce, scale, algorithm,
                                    seg, tl, start)
 
@@ -396,11 +403,14 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     Several handles can be in flight and waited in any order; ``handle.wait()`` returns the
     result (``out`` if given, else a new array) or raises the error every rank got.
     Tensors submitted within one cycle are fused into few messages. Don't modify ``x``
-    until the handle is done.
+    until the handle is done. A CUDA device array is reduced on the GPU, its result is a
+    device array.
     """
     if _engine.error is not None:
         raise RingReduceError(f"the ringreduce engine failed earlier: {_engine.error!r}")
     ch = _engine.channel(MPI.COMM_WORLD if comm is None else comm)
+    if _device.is_device_array(x):  # CUDA device arrays: see _device.py
+        return _device.allreduce_async_device(ch, x, op, name, algorithm, out, segment_bytes)
     cfg = get_config()
     arr = as_array(x)
     if op not in OPS:
@@ -432,7 +442,7 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     e.target = target
     result = e.flat_out.reshape(arr.shape) if target is None else out
     e.handle = Handle(name, result)
-    e.meta = (arr.shape, str(arr.dtype), op, algorithm)
+    e.meta = (arr.shape, str(arr.dtype), op, algorithm, "host")
     e.submitted = time.monotonic()
     ch.submit(e)
     return e.handle

@@ -31,6 +31,21 @@ def assign_buckets(sizes, cap):
     return buckets
 
 
+def plan_buckets(sizes, cap, direct_bytes, contiguous=None):
+    """Buckets for a list of tensors: those of at least ``direct_bytes`` (and contiguous)
+    are reduced where they lie, one per bucket, without being copied into a fusion buffer;
+    the others are fused by :func:`assign_buckets`. Buckets come in order of their first
+    tensor. Packing costs two copies of every byte it moves, which for large tensors costs
+    more than the per-call latency that fusion saves (docs/benchmarks.md, "Fusion").
+    """
+    contiguous = contiguous or [True] * len(sizes)
+    direct = [i for i, (n, c) in enumerate(zip(sizes, contiguous)) if c and n >= direct_bytes]
+    direct_set = set(direct)
+    small = [i for i in range(len(sizes)) if i not in direct_set]
+    fused = [[small[j] for j in b] for b in assign_buckets([sizes[i] for i in small], cap)]
+    return sorted([[i] for i in direct] + fused, key=lambda b: b[0])
+
+
 def offsets_of(arrays):
     """Element offsets of each array in a fusion buffer, and the total element count."""
     offs, total = [], 0

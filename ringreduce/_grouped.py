@@ -3,9 +3,10 @@ import numpy as np
 
 from ._allreduce import (_DTYPE_CODE, ALGORITHM_NAMES, OPS, _kernels, _negotiate, _MASK,
                          as_array, run_algorithm)
+from . import _device
 from ._comm import get_comm
 from ._config import get_config
-from ._fusion import assign_buckets, group_by_dtype, offsets_of, pack, unpack
+from ._fusion import group_by_dtype, offsets_of, pack, plan_buckets, unpack
 
 
 def _fusion_buffer(c, dtype, n):
@@ -47,7 +48,7 @@ def group_signature(arrs, op, algorithm):
 def describe_group(arrs, op, algorithm):
     return {"call": "grouped_allreduce", "tensors": len(arrs),
             "shapes": tuple(a.shape for a in arrs), "dtypes": tuple(str(a.dtype) for a in arrs),
-            "op": op, "algorithm": algorithm}
+            "op": op, "algorithm": algorithm, "memory": "host"}
 
 
 def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=False,
@@ -60,8 +61,14 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
     views such as a CPU torch tensor's ``t.numpy()``) and those are returned. Every rank must
     pass the same number of arrays with the same shapes and dtypes, in the same order; if
     not, every rank raises :class:`MismatchError` naming the first difference.
+    A list of CUDA device arrays is fused and reduced on the GPU, and the results are device
+    arrays; host and device arrays cannot share one call.
     """
     c = get_comm(comm)
+    if isinstance(arrays, (list, tuple)) and any(map(_device.is_device_array, arrays)):
+        # CUDA device arrays: packed into a device fusion buffer, reduced on the GPU.
+        return _device.grouped_allreduce_device(c, arrays, op, algorithm, inplace,
+                                                fusion_threshold, segment_bytes)
     cfg = get_config()
     try:
         arrs, kernels, algorithm = validate_group(arrays, op, algorithm, inplace)
@@ -73,10 +80,14 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
     _negotiate(c, sig, None, describe_group(arrs, op, algorithm))
     cap = cfg.fusion_threshold if fusion_threshold is None else int(fusion_threshold)
     seg = cfg.segment_bytes if segment_bytes is None else int(segment_bytes)
+    # A tensor of at least one segment pipelines well on its own: reduce it in place of
+    # copying it twice through the fusion buffer.
+    direct = seg if cap > 0 else 0
     outs = arrs if inplace else [np.empty(a.shape, a.dtype) for a in arrs]
     for dtype, idx in group_by_dtype(arrs).items():
         reduce, scale = kernels[dtype]
-        for bucket in assign_buckets([arrs[i].nbytes for i in idx], cap):
+        for bucket in plan_buckets([arrs[i].nbytes for i in idx], cap, direct,
+                                   [arrs[i].flags.c_contiguous for i in idx]):
             members = [idx[j] for j in bucket]
             reduce_bucket(c, [arrs[i] for i in members], [outs[i] for i in members],
                           dtype, reduce, scale, algorithm, seg)

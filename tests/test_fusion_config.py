@@ -86,3 +86,13 @@ def test_config_errors_name_variable_and_allowed(name, value, allowed):
         parse({name: value})
     msg = str(info.value)
     assert name in msg and repr(value) in msg and allowed in msg
+
+
+def test_plan_buckets_sends_large_contiguous_tensors_directly():
+    from ringreduce._fusion import plan_buckets
+    sizes = [10, 5000, 20, 30, 6000, 5]
+    assert plan_buckets(sizes, 100, 1000) == [[0, 2, 3, 5], [1], [4]]
+    # a large but non-contiguous tensor must be packed
+    assert plan_buckets(sizes, 100, 1000, [True, False, True, True, True, True]) == \
+        [[0], [1], [2, 3, 5], [4]]
+    assert plan_buckets([], 100, 1000) == []

@@ -1,0 +1,99 @@
+"""grouped_allreduce on real gradient lists against native MPI_Allreduce, in one run.
+
+    mpiexec -n 2 python benchmarks/fusion.py [--model resnet50|transformer] [--caps 4M 64M]
+
+Times, interleaved, median of ``--iters`` (each call: barrier, call, slowest rank's time):
+- native per tensor: one ``MPI_Allreduce`` per gradient, what a naive loop does;
+- native concatenated: one ``MPI_Allreduce`` of all gradients already in one buffer (the
+  lower bound for MPI, without the cost of packing);
+- ringreduce ``grouped_allreduce`` (inplace, as a training loop uses it) at each fusion cap;
+and prints each as a ratio to the two native figures. float32, op sum.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+import ringreduce as rr
+from ringreduce.bench import parse_size
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from shapes import count, resnet50, transformer  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet50", choices=["resnet50", "transformer"])
+    ap.add_argument("--caps", type=parse_size, nargs="+", default=[parse_size("64M")])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--markdown")
+    args = ap.parse_args()
+    comm = MPI.COMM_WORLD
+    rank, p = comm.Get_rank(), comm.Get_size()
+    shapes = resnet50() if args.model == "resnet50" else transformer()
+    rng = np.random.default_rng(rank)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    outs = [np.empty_like(g) for g in grads]
+    flat = np.concatenate([g.reshape(-1) for g in grads])
+    flat_out = np.empty_like(flat)
+
+    def per_tensor():
+        for g, o in zip(grads, outs):
+            comm.Allreduce(g, o)
+
+    def concatenated():
+        comm.Allreduce(flat, flat_out)
+
+    work = [g.copy() for g in grads]
+
+    def grouped(cap):
+        def run():
+            rr.grouped_allreduce(work, inplace=True, fusion_threshold=cap)
+        return run
+
+    runs = {"native per tensor": per_tensor, "native concatenated": concatenated}
+    for cap in args.caps:
+        runs[f"grouped cap {cap >> 20} MiB"] = grouped(cap)
+    rr.init()
+    for _ in range(args.warmup):
+        for fn in runs.values():
+            fn()
+    times = {k: np.empty(args.iters) for k in runs}
+    for it in range(args.iters):
+        for k, fn in runs.items():
+            comm.Barrier()
+            t0 = time.perf_counter()
+            fn()
+            times[k][it] = time.perf_counter() - t0
+    med = {}
+    for k, t in times.items():
+        comm.Allreduce(MPI.IN_PLACE, t, op=MPI.MAX)
+        med[k] = float(np.median(t))
+    # correctness of the last grouped run: compare with the native result on the same data
+    check = [g.copy() for g in grads]
+    rr.grouped_allreduce(check, inplace=True, fusion_threshold=args.caps[0])
+    per_tensor()
+    worst = max(float(np.max(np.abs(c - o) / (np.abs(o) + 1e-6))) for c, o in zip(check, outs))
+    if rank == 0:
+        nbytes = count(shapes) * 4
+        title = (f"{args.model}: {len(shapes)} tensors, {count(shapes):,} float32 "
+                 f"({nbytes / 2**20:.1f} MiB), {p} ranks, iters {args.iters}")
+        print(title)
+        print(f"{'':28} {'time (ms)':>10} {'/ per tensor':>13} {'/ concatenated':>15}")
+        lines = []
+        for k, t in med.items():
+            a, b = t / med["native per tensor"], t / med["native concatenated"]
+            print(f"{k:28} {t * 1e3:>10.2f} {a:>13.2f} {b:>15.2f}")
+            lines.append(f"| {k} | {t * 1e3:.2f} | {a:.2f} | {b:.2f} |")
+        print(f"max relative difference grouped vs native per tensor: {worst:.2e}")
+        if args.markdown:
+            with open(args.markdown, "a") as f:
+                f.write(f"\n{title}\n\n| run | time (ms) | / native per tensor | "
+                        f"/ native concatenated |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
