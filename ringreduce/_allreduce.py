@@ -22,6 +22,8 @@ from ._comm import TAG_FOLD, get_comm
 from ._config import get_config
 from ._schedule import doubling_plan
 from .algorithms import ALGORITHMS
+from . import _device
+from ._device import is_device_array
 from .kernels.cpu import reduce_kernel, scale_kernel
 
 OPS = ("sum", "avg", "min", "max", "prod")
@@ -136,7 +138,8 @@ class _Call:
 
     def describe(self):
         return {"call": "allreduce", "shape": self.arr.shape, "dtype": str(self.arr.dtype),
-                "op": self.op, "algorithm": self.algorithm, "segment_bytes": self.seg_bytes}
+                "op": self.op, "algorithm": self.algorithm, "segment_bytes": self.seg_bytes,
+                "memory": "host"}
 
 
 def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None):
@@ -148,7 +151,9 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     "rhd" or "doubling". ``comm``: an mpi4py communicator (default COMM_WORLD).
     ``out``: ``None`` for a new array, ``x`` itself to reduce in place, or another array of
     x's shape and dtype. ``segment_bytes``: the largest single message (default
-    ``RINGREDUCE_SEGMENT_BYTES``, 1 MiB).
+    ``RINGREDUCE_SEGMENT_BYTES``, 1 MiB). A CUDA device array (anything with
+    ``__cuda_array_interface__``) is reduced on the GPU; ``out`` must then be a device array
+    too, and the result for ``out=None`` is a new Numba device array (``_device.py``).
 
     Every rank gets a bitwise-identical result, of x's shape and dtype. Ranks that pass
     different shapes, dtypes, ops or algorithms all raise :class:`MismatchError`; a rank whose
@@ -156,6 +161,8 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     naming it. Either way the library stays usable.
     """
     c = get_comm(comm)
+    if is_device_array(x):  # CUDA device arrays: same header and algorithms, see _device.py
+        return _device.allreduce_device(c, x, op, algorithm, out, segment_bytes)
     try:
         call, local_error = _Call(x, op, algorithm, out, segment_bytes), None
     except (TypeError, ValueError) as exc:

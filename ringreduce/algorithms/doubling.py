@@ -20,16 +20,15 @@ everything; every rank sends the whole vector lg p times, so it is poor for larg
 The same plan carries the header every call starts with (``_allreduce``), and for small
 messages the data travels in those very messages.
 """
-import numpy as np
-
 from .._comm import TAG_REDUCE
+from .._device import copy_into, scratch_like
 from .._schedule import doubling_plan
 
 
 def doubling(comm, sendbuf, recvbuf, reduce, segment_elems):
     if recvbuf is not sendbuf:
-        recvbuf[...] = sendbuf
-    acc, tmp = recvbuf, np.empty_like(recvbuf)
+        copy_into(recvbuf, sendbuf)
+    acc, tmp = recvbuf, scratch_like(recvbuf, recvbuf.size)
     for action, peer in doubling_plan(comm.rank, comm.size):
         if action == "give":
             comm.send(acc, peer, TAG_REDUCE)
@@ -48,4 +47,4 @@ def doubling(comm, sendbuf, recvbuf, reduce, segment_elems):
                 reduce(tmp, acc)
                 acc, tmp = tmp, acc
     if acc is not recvbuf:
-        recvbuf[...] = acc
+        copy_into(recvbuf, acc)

@@ -22,15 +22,14 @@ the ring's bandwidth with only 2 lg p latencies; other p add 2 alpha + 2 n beta 
 for the fold (Thakur, Rabenseifner and Gropp 2005). Good for medium messages; for large ones
 the ring's neighbour-only traffic pipelines better.
 """
-import numpy as np
-
 from .._comm import TAG_FOLD, TAG_GATHER, TAG_REDUCE
+from .._device import copy_into, scratch_like
 from .._schedule import chunk_bounds, fold, halving_steps, pow2_floor, unfold_rank
 
 
 def rhd(comm, sendbuf, recvbuf, reduce, segment_elems):
     if recvbuf is not sendbuf:
-        recvbuf[...] = sendbuf
+        copy_into(recvbuf, sendbuf)
     p = comm.size
     if p == 1:
         return
@@ -39,7 +38,7 @@ def rhd(comm, sendbuf, recvbuf, reduce, segment_elems):
         comm.send(recvbuf, fold_partner, TAG_FOLD)
         comm.recv(recvbuf, fold_partner, TAG_FOLD)
         return
-    tmp = np.empty_like(recvbuf)
+    tmp = scratch_like(recvbuf, recvbuf.size)
     if fold_partner is not None:
         comm.recv(tmp, fold_partner, TAG_FOLD)
         reduce(recvbuf, tmp)

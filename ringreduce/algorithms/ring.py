@@ -28,9 +28,8 @@ with the alpha term multiplied by the number of segments per chunk. The beta ter
 lower bound for any allreduce (Patarasuk and Yuan 2009), which is why the ring wins for large
 messages and loses for small ones, where 2 (p - 1) latencies dominate.
 """
-import numpy as np
-
 from .._comm import TAG_GATHER, TAG_REDUCE
+from .._device import copy_into, scratch_like
 from .._schedule import chunk_bounds, owned_chunk, ring_allgather_steps, ring_steps, segment_bounds
 
 
@@ -40,13 +39,13 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
     in_place = recvbuf is sendbuf
     if p == 1:
         if not in_place:
-            recvbuf[...] = sendbuf
+            copy_into(recvbuf, sendbuf)
         return
     bounds = chunk_bounds(n, p)
     segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
     chunk_max = bounds[0][1] - bounds[0][0]
     # Scratch buffers hold one chunk each; a segment sits at its offset inside its chunk.
-    scratch = [np.empty(chunk_max, dtype=sendbuf.dtype) for _ in range(3)]
+    scratch = [scratch_like(sendbuf, chunk_max) for _ in range(3)]
 
     steps = ring_steps(comm.rank, p)
     last = len(steps) - 1

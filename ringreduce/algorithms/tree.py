@@ -20,15 +20,14 @@ Cost (alpha per message, beta per byte sent, gamma per byte reduced; n bytes):
 lg p latencies each way make it good for small messages; the n lg p bandwidth term makes it
 poor for large ones, where the ring's 2 n (p - 1) / p is far smaller.
 """
-import numpy as np
-
 from .._comm import TAG_BCAST, TAG_REDUCE
+from .._device import copy_into, scratch_like
 from .._schedule import binomial_tree, segment_bounds
 
 
 def tree(comm, sendbuf, recvbuf, reduce, segment_elems):
     if recvbuf is not sendbuf:
-        recvbuf[...] = sendbuf
+        copy_into(recvbuf, sendbuf)
     if comm.size == 1:
         return
     parent, children = binomial_tree(comm.rank, comm.size)
@@ -36,7 +35,7 @@ def tree(comm, sendbuf, recvbuf, reduce, segment_elems):
     up_children = children[::-1]  # nearest child first: its subtree is ready first
     if children:
         # One scratch buffer per child, so every child's receives can be posted at once.
-        scratch = [np.empty(sendbuf.size, dtype=sendbuf.dtype) for _ in children]
+        scratch = [scratch_like(sendbuf, sendbuf.size) for _ in children]
         recvs = [[comm.irecv(buf[lo:hi], child, TAG_REDUCE) for lo, hi in segs]
                  for buf, child in zip(scratch, up_children)]
     sends = []
