@@ -97,7 +97,8 @@ def parse_args(argv):
     o.add_argument("--no-progress", action="store_true", help="print nothing on rank 0 either")
     x = p.add_argument_group("checks (used by the tests)")
     x.add_argument("--check-sync", action="store_true",
-                   help="after every step, check that every rank holds identical parameters")
+                   help="after every step, check that every rank holds identical parameters "
+                        "(and list their digests in the metrics)")
     x.add_argument("--inject-nonfinite", metavar="STEP:RANK[:nan|inf]",
                    help="poison one rank's gradient at one (0-based) step")
     args = p.parse_args(argv)
@@ -311,6 +312,7 @@ def main(argv=None):
         if differ:
             raise RuntimeError(f"after step {step}, ranks {differ} hold parameters that differ "
                                f"from rank 0's")
+        return mine.tobytes().hex()
 
     def poison_then_mark(i):
         # --inject-nonfinite: one NaN/Inf in this rank's first finished gradient (the last
@@ -332,7 +334,7 @@ def main(argv=None):
     times = {"compute": 0.0, "comm_wait": 0.0, "update": 0.0}
     timed_steps = timed_samples = 0
     timed_seconds = 0.0
-    sync_checks = 0
+    param_digests = []  # --check-sync: sha256 of all parameters after each step of this run
     first_step_of_run = True
     run_start = time.perf_counter()
     stop = global_step >= total_steps
@@ -389,8 +391,7 @@ def main(argv=None):
                 timed_samples += batch_size
                 timed_seconds += t3 - t0
             if args.check_sync:
-                check_sync(global_step)
-                sync_checks += 1
+                param_digests.append(check_sync(global_step))
             if progress is not None:
                 progress.update(1)
             if start_step == steps_per_epoch:
@@ -439,7 +440,8 @@ def main(argv=None):
                                   if timed_steps else None},
             "overlap": sync.overlap, "bucket_mb": args.bucket_mb,
             "num_buckets": sync.num_buckets, "skipped_steps": skipped_steps,
-            "sync_checks": sync_checks, "wall_seconds": wall,
+            "sync_checks": len(param_digests), "param_digests": param_digests,
+            "wall_seconds": wall,
         }
         with open(args.metrics_out, "w") as fh:
             json.dump(metrics, fh, indent=1)

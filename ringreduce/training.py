@@ -44,6 +44,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
+from ._fusion import assign_buckets
 from ._schedule import chunk_bounds
 
 __all__ = [
@@ -248,22 +249,20 @@ class NonFiniteGradientError(FloatingPointError):
 def _reverse_buckets(params, cap_bytes):
     """Parameter indices grouped into buckets, last parameter first.
 
-    A bucket closes when adding the next parameter would pass ``cap_bytes`` or when the dtype
-    changes (one flat buffer per bucket needs one dtype); a parameter larger than the cap gets
-    a bucket of its own. Pure: testable without MPI.
+    The packing is the library's :func:`assign_buckets` (in order, within ``cap_bytes``, a
+    parameter larger than the cap alone) over the reversed list, cut additionally wherever the
+    dtype changes, since one flat buffer per bucket needs one dtype. Pure: testable without MPI.
     """
-    buckets = []
-    current, current_bytes, current_dtype = [], 0, None
-    for i in reversed(range(len(params))):
-        nbytes, dtype = params[i].nbytes, params[i].dtype
-        if current and (dtype != current_dtype or current_bytes + nbytes > cap_bytes):
-            buckets.append(current)
-            current, current_bytes = [], 0
-        current.append(i)
-        current_bytes += nbytes
-        current_dtype = dtype
-    if current:
-        buckets.append(current)
+    order = list(reversed(range(len(params))))
+    buckets, start = [], 0
+    while start < len(order):
+        stop = start
+        while stop < len(order) and params[order[stop]].dtype == params[order[start]].dtype:
+            stop += 1
+        run = order[start:stop]
+        for group in assign_buckets([params[i].nbytes for i in run], cap_bytes):
+            buckets.append([run[j] for j in group])
+        start = stop
     return buckets
 
 
