@@ -302,8 +302,9 @@ class GradSync:
     gradient accumulation: accumulate into ``grads`` over several micro-batches and sync on the
     last one, outside the block.
 
-    Every rank must register the same parameters and mark them in the same order (they do when
-    they run the same model code): buckets are collectives and start in that order.
+    Every rank must register the same parameters, and create its ``GradSync`` objects in the
+    same order: a bucket's allreduce is matched across ranks by its name, ``gradsync<i>.bucket<k>``
+    (the engine negotiates names, so ranks may start buckets in different orders).
     """
 
     def __init__(self, params, *, bucket_cap_bytes=25 * 2**20, comm=None, overlap=True,
