@@ -1,0 +1,144 @@
+"""Device-array allreduce: tests/_device_sim_checks.py under mpiexec at 1 to 4 ranks.
+
+Each run is a fresh MPI job: Numba picks the CUDA simulator or the real driver when it is
+first imported (NUMBA_ENABLE_CUDASIM), and the checks need every rank in one job. Under the
+simulator the transport stages through host buffers (the default there) and, in a second
+run, passes "device" memory straight to MPI (RINGREDUCE_CUDA_AWARE=1), so both transport
+paths run in CI. On a machine with a GPU the same checks run on it as well.
+
+Every job has a timeout and is killed with its whole process group, so a hang fails the
+test instead of stalling the suite. Under mpiexec these tests skip: they start their own jobs.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mpi4py import MPI
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKS = ROOT / "tests" / "_device_sim_checks.py"
+# A 4-rank simulator run takes about 25 s on the 2-core development machine; the limit is
+# for a hang, and stays under pytest's own 300 s per test.
+JOB_TIMEOUT_S = 240
+
+pytestmark = [
+    pytest.mark.skipif(MPI.COMM_WORLD.Get_size() > 1,
+                       reason="starts its own mpiexec jobs; run under plain pytest"),
+    pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec on PATH"),
+]
+
+
+def child_env(simulator, **extra):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    for name in ("NUMBA_ENABLE_CUDASIM", "RINGREDUCE_CUDA_AWARE"):
+        env.pop(name, None)
+    if simulator:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_job(cmd, env, timeout=JOB_TIMEOUT_S):
+    """Run ``cmd``; (returncode, stdout + stderr). A job past ``timeout`` fails the test."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd))} hung for {timeout} s:\n{out[-6000:]}")
+    return proc.returncode, out
+
+
+def run_checks(ranks, simulator, expect_aware=None, timeout=JOB_TIMEOUT_S, **env):
+    cmd = ["mpiexec", "-n", str(ranks), sys.executable, str(CHECKS)]
+    if expect_aware is not None:
+        cmd += ["--expect-aware", str(int(expect_aware))]
+    rc, out = run_job(cmd, child_env(simulator, **env), timeout)
+    assert rc == 0, out[-8000:]
+    summary = re.search(r"device checks: (\d+) of (\d+) passed on (\d+) ranks", out)
+    assert summary, out[-4000:]
+    passed, total, ranks_seen = map(int, summary.groups())
+    assert passed == total > 0 and ranks_seen == ranks, summary.group(0)
+    return out
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_device_allreduce_under_the_simulator(ranks):
+    run_checks(ranks, simulator=True, expect_aware=False)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_cuda_aware_transport_under_the_simulator(ranks):
+    run_checks(ranks, simulator=True, expect_aware=True, RINGREDUCE_CUDA_AWARE="1")
+
+
+def real_gpu_present():
+    """Asked in a child process, so this process never initialises the CUDA driver."""
+    probe = ("import numba, sys\n"
+             "from numba import cuda\n"
+             "sys.exit(0 if cuda.is_available() and not numba.config.ENABLE_CUDASIM else 1)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], env=child_env(False),
+                              capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+HAVE_GPU = real_gpu_present()
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU; the simulator runs check the "
+                                         "same code paths without one")
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_device_allreduce_on_the_gpu(ranks):
+    # Ranks share the GPU. The first run compiles every kernel on every rank: allow for it.
+    run_checks(ranks, simulator=False, timeout=900)
+
+
+NO_NUMBA_CUDA = """
+import sys
+sys.modules["numba.cuda"] = None  # what "from numba import cuda" sees without numba-cuda
+import numpy as np
+import ringreduce as rr
+
+class FakeDeviceArray:
+    # Enough of the interface to be taken for a device array.
+    __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (0, False),
+                                "version": 3, "strides": None}
+
+assert np.array_equal(rr.allreduce(np.arange(3.0)), np.arange(3.0))
+for call in (lambda: rr.allreduce(FakeDeviceArray()),
+             lambda: rr.grouped_allreduce([FakeDeviceArray()])):
+    try:
+        call()
+    except RuntimeError as error:
+        assert "numba-cuda is not installed" in str(error), str(error)
+    else:
+        raise AssertionError("a device array without numba-cuda raised nothing")
+print("refused politely")
+"""
+
+
+def test_without_numba_cuda_the_host_path_works_and_device_arrays_are_refused():
+    rc, out = run_job([sys.executable, "-c", NO_NUMBA_CUDA], child_env(False), timeout=120)
+    assert rc == 0 and "refused politely" in out, out[-4000:]
+
+
+def test_importing_and_host_allreduce_do_not_load_numba_cuda():
+    # numba-cuda takes seconds to import: the host path must never pay for it.
+    code = ("import sys, numpy as np, ringreduce as rr\n"
+            "rr.allreduce(np.ones(3)); rr.grouped_allreduce([np.ones(2), np.ones(3)])\n"
+            "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'\n"
+            "print('host only')\n")
+    rc, out = run_job([sys.executable, "-c", code], child_env(False), timeout=120)
+    assert rc == 0 and "host only" in out, out[-4000:]
