@@ -11,7 +11,7 @@ a temporary hostfile in that launcher's own format, and runs it with that launch
 
     Hydra:    mpiexec -n N -f HOSTFILE [-launcher ssh -launcher-exec CMD] -genv NAME VALUE ... PROG
     Open MPI: mpirun -np N --hostfile HOSTFILE [--oversubscribe] [--mca plm_rsh_agent CMD]
-                     -x NAME=VALUE ... PROG
+                     -x NAME=VALUE ... PROG     (plm_ssh_agent from Open MPI 5 on)
 
 Every RINGREDUCE_* variable of the caller's environment is forwarded to all ranks, plus each
 --env NAME=VALUE. The command is an argv list run without a shell, and host names were checked
@@ -72,14 +72,20 @@ def _run_quietly(argv):
     return done.stdout + done.stderr
 
 
+def openmpi_major(version_output):
+    """Open MPI's major version from `mpirun --version` output, or None."""
+    m = re.search(r"\(Open MPI\) (\d+)\.", version_output)
+    return int(m.group(1)) if m else None
+
+
 def query_flavour(mpiexec):
-    """(flavour, how it was found): ask `mpiexec --version` which MPI it is; if that is
+    """(flavour, how it was found, the --version output): ask `mpiexec --version` which MPI it is; if that is
     unclear, ask the MPI library that mpi4py loads. Raises LaunchError if neither says MPICH
     or Open MPI."""
     output = _run_quietly([mpiexec, "--version"])
     flavour = detect_flavour(output)
     if flavour is not None:
-        return flavour, f"{mpiexec} --version"
+        return flavour, f"{mpiexec} --version", output
     # A subprocess, so that loading the MPI library leaves this process untouched;
     # Get_library_version may be called before MPI_Init, which this never calls.
     probe = ("import mpi4py; mpi4py.rc.initialize = mpi4py.rc.finalize = False; "
@@ -87,7 +93,7 @@ def query_flavour(mpiexec):
     library = _run_quietly([sys.executable, "-c", probe])
     flavour = detect_flavour("", library)
     if flavour is not None:
-        return flavour, "the MPI library mpi4py loads"
+        return flavour, "the MPI library mpi4py loads", output
     first = output.strip().splitlines()[0] if output.strip() else "(no output)"
     lib_first = library.strip().splitlines()[0] if library.strip() else "(no output)"
     raise LaunchError(f"cannot tell which MPI {mpiexec} belongs to: expected '{mpiexec} "
@@ -110,9 +116,10 @@ def forwarded_env(environ, extra):
 
 
 def build_command(flavour, mpiexec, np, program, hostfile=None, env=None, oversubscribe=False,
-                  launcher_exec=None):
+                  launcher_exec=None, openmpi_version=4):
     """The mpiexec argv for `flavour`. `hostfile` is the path of a file already in that
-    launcher's format, or None to run on this machine only."""
+    launcher's format, or None to run on this machine only. `openmpi_version` (the major
+    version) matters only for the name of the ssh replacement's parameter."""
     env = env or {}
     if flavour == HYDRA:
         cmd = [mpiexec, "-n", str(np)]
@@ -133,7 +140,10 @@ def build_command(flavour, mpiexec, np, program, hostfile=None, env=None, oversu
         if oversubscribe:
             cmd.append("--oversubscribe")
         if launcher_exec is not None:
-            cmd += ["--mca", "plm_rsh_agent", launcher_exec]
+            # Open MPI 5 moved launching to PRRTE, whose parameter is plm_ssh_agent;
+            # `--mca` reaches PRRTE's parameters too.
+            agent = "plm_ssh_agent" if openmpi_version >= 5 else "plm_rsh_agent"
+            cmd += ["--mca", agent, launcher_exec]
         # Open MPI does not pass the environment to remote ranks unless told, name by name.
         for name, value in env.items():
             cmd += ["-x", f"{name}={value}"]
@@ -171,7 +181,7 @@ def _parser():
     p.add_argument("--launcher-exec", metavar="CMD",
                    help="run CMD instead of ssh to start processes on other hosts; it is "
                         "called as ssh would be (Hydra: -launcher-exec, Open MPI: "
-                        "plm_rsh_agent)")
+                        "plm_rsh_agent or plm_ssh_agent)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the command and the hostfile it would use, run nothing")
     p.add_argument("program", nargs=argparse.REMAINDER,
@@ -183,7 +193,8 @@ def _find_executable(name, what):
     found = shutil.which(name)
     if found is None:
         raise LaunchError(f"{what} {name!r} is not an executable file nor found on PATH")
-    return found
+    # Absolute, since mpiexec may run it from another directory.
+    return os.path.abspath(found)
 
 
 def _wait(proc):
@@ -251,7 +262,7 @@ def _launch(args, out):
     if args.launcher_exec is not None:
         launcher_exec = _find_executable(args.launcher_exec, "--launcher-exec")
 
-    flavour, evidence = query_flavour(mpiexec)
+    flavour, evidence, version_output = query_flavour(mpiexec)
     env = forwarded_env(os.environ, args.env)
     try:
         hostfile_text = None if hosts is None else format_hostfile(hosts, flavour)
@@ -269,7 +280,7 @@ def _launch(args, out):
             with open(hostfile, "w", encoding="ascii") as f:
                 f.write(hostfile_text)
         cmd = build_command(flavour, mpiexec, np, program, hostfile, env, args.oversubscribe,
-                            launcher_exec)
+                            launcher_exec, openmpi_major(version_output) or 4)
         if args.dry_run:
             print(f"# MPI: {_FLAVOUR_NAMES[flavour]}, as told by {evidence}", file=out)
             if hostfile is not None:

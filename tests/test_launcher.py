@@ -145,6 +145,27 @@ def test_openmpi_command():
                    "-x", "RINGREDUCE_ALGORITHM=ring", "-x", "A=x=y z", "python", "train.py"]
 
 
+def test_openmpi5_names_the_ssh_agent_for_prrte():
+    cmd = build_command(OPENMPI, "mpirun", 2, ["p"], launcher_exec="/x/ssh", openmpi_version=5)
+    assert cmd == ["mpirun", "-np", "2", "--mca", "plm_ssh_agent", "/x/ssh", "p"]
+
+
+@pytest.mark.parametrize("output,major", [(OPENMPI4_VERSION, 4), (OPENMPI5_VERSION, 5),
+                                          (HYDRA_VERSION, None), ("", None)])
+def test_openmpi_major(output, major):
+    assert run.openmpi_major(output) == major
+
+
+def test_dry_run_openmpi5_launcher_exec(tmp_path, capsys, monkeypatch):
+    fake, _ = make_fake(tmp_path, OPENMPI5_VERSION, "mpirun")
+    agent = tmp_path / "agent"
+    agent.write_text("#!/bin/sh\n")
+    agent.chmod(0o755)
+    monkeypatch.chdir(tmp_path)  # a relative --launcher-exec comes out absolute
+    cmd, _ = dry_run(capsys, ["--mpiexec", fake, "-np", "2", "--launcher-exec", "./agent", "p"])
+    assert cmd == [fake, "-np", "2", "--mca", "plm_ssh_agent", str(agent), "p"]
+
+
 def test_local_run_has_no_hostfile():
     assert build_command(HYDRA, "mpiexec", 2, ["p"]) == ["mpiexec", "-n", "2", "p"]
     assert build_command(OPENMPI, "mpirun", 2, ["p"]) == ["mpirun", "-np", "2", "p"]
