@@ -2,9 +2,12 @@
 
     python3 benchmarks/gpu.py --markdown docs/gpu-kernels.md        # on a GPU, 256 MiB arrays
 
+    python3 benchmarks/gpu.py --allreduce-ranks 2 4    # then device-array allreduce tables
+
     # the script's own logic, without a GPU (timings are meaningless there):
     NUMBA_ENABLE_CUDASIM=1 python3 benchmarks/gpu.py --size-mib 0.01 --check-n 300 \
-        --blocks 2 --threads 32 --warmup 1 --repeat 2
+        --blocks 2 --threads 32 --warmup 1 --repeat 2 \
+        --allreduce-ranks 2 4 --allreduce-sizes-mib 0.001 0.004 --allreduce-repeat 2
 
 1. Checks every kernel (each reduction op on each dtype, the avg scaling, the SGD and Adam
    variants, pack/unpack) against a numpy reference on fresh random data; float results are
@@ -14,20 +17,29 @@
    around every call, all calls queued before one synchronisation (so the host's launch
    overhead overlaps the previous call and stays out of the interval), warm-up calls first,
    the median of --repeat.
+3. With --allreduce-ranks: for each rank count N, ``mpiexec -n N`` runs
+   benchmarks/gpu_allreduce.py: it checks ``rr.allreduce`` of device arrays, then times it
+   for --allreduce-sizes-mib (1, 16, 256 MiB of float32) next to host ``MPI_Allreduce`` of
+   the same bytes, the N ranks sharing this GPU (see that script). --allreduce-only skips
+   1 and 2.
 
 Bytes are counted as the fewest the kernel must move: every array it reads once plus every
 array it writes once (a copy moves 2 arrays, ``dst op= src`` 3, SGD with momentum 5: reads
 param, grad and buffer, writes param and buffer). The target is 85% of the copy's bandwidth
 for the reduction and SGD kernels.
 
-Needs numba-cuda and numpy only; no network. Exit codes: 0 checks passed (whatever the
-timings), 1 a check failed, 2 no CUDA device.
+Needs numba-cuda and numpy only (and mpi4py with an mpiexec for 3); no network. Exit codes:
+0 checks passed (whatever the timings), 1 a check or an allreduce job failed, 2 no CUDA device.
 """
 import argparse
 import datetime
 import importlib
 import importlib.util
+import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -374,11 +386,20 @@ def main():
     parser.add_argument("--threads", type=int, help="force the block size (default 256)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--seed", type=int, help="seed for the random data (default: fresh)")
+    parser.add_argument("--allreduce-ranks", type=int, nargs="*", default=[],
+                        help="also time device-array allreduce at these rank counts")
+    parser.add_argument("--allreduce-sizes-mib", type=float, nargs="+", default=[1, 16, 256])
+    parser.add_argument("--allreduce-warmup", type=int, default=3)
+    parser.add_argument("--allreduce-repeat", type=int, default=10)
+    parser.add_argument("--allreduce-only", action="store_true",
+                        help="skip the kernel checks and timings")
     args = parser.parse_args()
 
     if not ck.cuda_available():
         print(f"benchmarks/gpu.py: {ck.unavailable_reason()}", file=sys.stderr)
         return 2
+    if args.allreduce_only:
+        return run_allreduce_jobs(args)
     ck.set_launch_config(args.blocks, args.threads)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     rng = np.random.default_rng(seed)
@@ -426,6 +447,55 @@ def main():
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text("\n".join(lines + ["", summary]) + "\n", encoding="utf-8")
         print(f"wrote {args.markdown}")
+    return run_allreduce_jobs(args)
+
+
+# ---------------------------------------------------------------------------------------
+# Device-array allreduce, one MPI job per rank count
+
+# A 256 MiB job at 4 ranks takes well under a minute on one GPU; the limit is for a hang,
+# which must end this script with a message rather than stall it.
+ALLREDUCE_JOB_TIMEOUT_S = 600
+
+
+def run_allreduce_jobs(args):
+    """``mpiexec -n N benchmarks/gpu_allreduce.py`` for each N; 0 if every job passed."""
+    if not args.allreduce_ranks:
+        return 0
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        print("benchmarks/gpu.py: --allreduce-ranks needs mpiexec on PATH", file=sys.stderr)
+        return 1
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as fh:
+            fh.write("\n## Device-array allreduce against host MPI_Allreduce\n")
+    failed = []
+    for ranks in args.allreduce_ranks:
+        cmd = [mpiexec, "-n", str(ranks), sys.executable,
+               str(ROOT / "benchmarks" / "gpu_allreduce.py"),
+               "--sizes-mib", *map(str, args.allreduce_sizes_mib),
+               "--warmup", str(args.allreduce_warmup), "--repeat", str(args.allreduce_repeat)]
+        if args.blocks or args.threads:
+            cmd += [f"--blocks={args.blocks or 0}", f"--threads={args.threads or 0}"]
+        if args.markdown:
+            cmd += ["--markdown", str(args.markdown)]
+        print(f"\n$ {' '.join(cmd)}", flush=True)
+        # Its own session, so a hang can be ended with every rank mpiexec started.
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=ALLREDUCE_JOB_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print(f"benchmarks/gpu.py: the {ranks}-rank allreduce job did not finish in "
+                  f"{ALLREDUCE_JOB_TIMEOUT_S} s; killed", file=sys.stderr)
+            rc = "timeout"
+        if rc != 0:
+            failed.append(f"{ranks} ranks: exit {rc}")
+    if failed:
+        print(f"benchmarks/gpu.py: allreduce jobs FAILED ({'; '.join(failed)})",
+              file=sys.stderr)
+        return 1
     return 0
 
 
