@@ -17,6 +17,11 @@ The algorithms in ``algorithms/`` run unchanged on device buffers; only three th
 - *scratch and copies*: :func:`scratch_like` and :func:`copy_into`, which the algorithms call
   instead of ``np.empty``/``dst[...] = src``, allocate and copy where the buffer lives.
 
+Staging memory. Each message in flight holds one pinned buffer, returned to a per-
+communicator pool when its request completes, so repeated calls pin nothing new. The pool
+keeps the peak of one call: about the vector's size for the ring, whose allgather posts all
+its receives at once, and one vector per child for the tree.
+
 CUDA-aware MPI is detected with ``MPIX_Query_cuda_support`` (MPICH and Open MPI export it);
 ``RINGREDUCE_CUDA_AWARE=1`` or ``0`` overrides that (for an MPI that is CUDA-aware but lacks
 the query, such as MVAPICH2-GDR, or to force staging). Under Numba's CUDA simulator the
@@ -95,9 +100,12 @@ def as_device(x, what="x"):
     cu = _require_cuda()
     if cu.cuda.devicearray.is_cuda_ndarray(x):
         return x
-    if cu.sim or not hasattr(x, "__cuda_array_interface__"):
+    if not hasattr(x, "__cuda_array_interface__"):
         raise TypeError(f"{what} must be a CUDA device array (Numba, CuPy, PyTorch CUDA), "
                         f"got {type(x).__name__}")
+    if cu.sim:
+        raise TypeError(f"{what}: the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) takes only its "
+                        f"own device arrays, got {type(x).__name__}")
     return cu.cuda.as_cuda_array(x)
 
 
