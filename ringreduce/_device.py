@@ -67,7 +67,14 @@ def is_device_array(x):
     Looks at attributes only; numpy arrays answer at the first test."""
     if isinstance(x, np.ndarray):
         return False
-    return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(x, "__cuda_array_interface__")
+    try:
+        return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(
+            x, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001 - the interface exists but refused (see below)
+        # PyTorch raises RuntimeError for a tensor that requires grad. It is a device
+        # array; the device path meets the same error inside its validation, which
+        # reports it on every rank instead of leaving the others waiting.
+        return True
 
 
 # ---------------------------------------------------------------------------------------

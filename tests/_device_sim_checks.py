@@ -322,6 +322,12 @@ def expect_error(name, call, kind, *needles):
     check(name, f"no {kind.__name__} raised")
 
 
+class RefusingArray:
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+
 def check_errors():
     x = np.arange(5.0) + RANK
     if P > 1:
@@ -350,6 +356,11 @@ def check_errors():
         cuda.to_device(x), algorithm="nope"), ValueError, "unknown algorithm 'nope'")
     expect_error("mixed list", lambda: rr.grouped_allreduce([cuda.to_device(x), x]),
                  TypeError, "not both", "arrays[1]")
+    # An object whose interface raises (PyTorch does for a tensor that requires grad) on
+    # the last rank: its error there, and on every other rank.
+    refusing = RefusingArray() if RANK == P - 1 else cuda.to_device(x)
+    expect_error("interface that raises", lambda: rr.allreduce(refusing),
+                 RuntimeError if RANK == P - 1 else ValueError, "requires grad")
     # A bad RINGREDUCE_CUDA_AWARE on one rank fails the call on every rank.
     saved = os.environ.get("RINGREDUCE_CUDA_AWARE")
     if RANK == 0:
