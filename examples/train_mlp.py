@@ -197,6 +197,7 @@ def main(argv=None):
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     master = rank == 0  # this process does logging, metrics, checkpoints and plots
+    rr.init()  # starts the allreduce engine now, so a rank that never gets here is reported
     dtype = np.dtype(args.dtype)
 
     x_train, y_train, x_test, y_test, data_name = load_data(args)

@@ -22,8 +22,6 @@ from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler,
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 from mlp import MLP, softmax_cross_entropy  # noqa: E402
 
-needs_async = pytest.mark.skipif(not hasattr(rr, "allreduce_async"),
-                                 reason="GradSync needs rr.allreduce_async, not in the core yet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +219,6 @@ def _params():
     return [np.ones((3, 4)), np.ones(4), np.ones((4, 2)), np.ones(2)]  # 96, 32, 64, 16 bytes
 
 
-@needs_async
 def test_gradsync_grads_are_views_into_reverse_order_buckets(monkeypatch):
     rec = _Recorder(monkeypatch)
     params = _params()
@@ -253,7 +250,6 @@ def test_gradsync_grads_are_views_into_reverse_order_buckets(monkeypatch):
         sync.mark_ready(4)
 
 
-@needs_async
 def test_gradsync_no_overlap_defers_every_bucket_to_wait(monkeypatch):
     rec = _Recorder(monkeypatch)
     sync = GradSync(_params(), bucket_cap_bytes=1, comm=MPI.COMM_SELF, overlap=False)
@@ -264,7 +260,6 @@ def test_gradsync_no_overlap_defers_every_bucket_to_wait(monkeypatch):
     assert [c.split(".")[-1] for c in rec.calls] == ["bucket0", "bucket1", "bucket2", "bucket3"]
 
 
-@needs_async
 def test_gradsync_no_sync_sends_nothing(monkeypatch):
     rec = _Recorder(monkeypatch)
     sync = GradSync(_params(), comm=MPI.COMM_SELF)
@@ -284,7 +279,6 @@ def test_gradsync_no_sync_sends_nothing(monkeypatch):
     sync.wait()
 
 
-@needs_async
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_gradsync_reports_nonfinite(bad):
     sync = GradSync(_params(), bucket_cap_bytes=40, comm=MPI.COMM_SELF)
