@@ -22,6 +22,7 @@ from ._comm import TAG_FOLD, get_comm
 from ._config import get_config
 from ._schedule import doubling_plan
 from .algorithms import ALGORITHMS
+from .algorithms.shm import on_one_node
 from . import _device
 from ._device import is_device_array
 from .kernels.cpu import reduce_kernel, scale_kernel
@@ -40,6 +41,10 @@ _DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 # exchanges; from RING on the ring's pipelined neighbour traffic wins; rhd in between.
 AUTO_SMALL_BYTES = 32 << 10
 AUTO_RING_BYTES = 512 << 10
+# All ranks on one node: from here on the shared-memory algorithm runs. At 2 ranks
+# (``mpiexec -n 2 python -m ringreduce.bench --sizes 32K 64K 256K 1M 16M 64M -a native ring
+# rhd shm``) shm beat rhd and the ring at every size from 32 KiB up.
+AUTO_SHM_BYTES = 32 << 10
 # Largest payload that may ride with the header (explicit algorithm="doubling" included);
 # it sizes the two receive buffers kept per communicator.
 PIGGYBACK_CAP = 64 << 10
@@ -56,10 +61,13 @@ class MismatchError(RingReduceError, ValueError):
     """Ranks passed different counts, shapes, dtypes, ops or algorithms to one collective."""
 
 
-def choose_algorithm(nbytes, p):
-    """The algorithm "auto" runs for ``nbytes`` on ``p`` ranks (every rank computes the same)."""
+def choose_algorithm(nbytes, p, one_node=False):
+    """The algorithm "auto" runs for ``nbytes`` on ``p`` ranks (every rank computes the same).
+    ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank)."""
     if p == 1 or nbytes < AUTO_SMALL_BYTES:
         return "doubling"
+    if one_node and nbytes >= AUTO_SHM_BYTES:
+        return "shm"
     if nbytes < AUTO_RING_BYTES:
         return "rhd"
     return "ring"
@@ -204,7 +212,10 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
 def run_algorithm(c, name, flat_in, flat_out, reduce, seg_bytes):
     """Run one algorithm on buffers every rank already agreed on (no header)."""
     if name == "auto":
-        name = choose_algorithm(flat_in.nbytes, c.size)
+        # on_one_node is collective the first time per communicator; every rank gets here
+        # in the same call, since all agreed on "auto" and on the size in the header.
+        name = choose_algorithm(flat_in.nbytes, c.size,
+                                c.size > 1 and flat_in.nbytes >= AUTO_SHM_BYTES and on_one_node(c))
     ALGORITHMS[name](c, flat_in, flat_out, reduce, max(1, seg_bytes // flat_in.dtype.itemsize))
 
 

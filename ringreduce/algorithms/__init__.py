@@ -10,6 +10,8 @@ message. The caller has already checked that every rank agrees on all of it.
 from .doubling import doubling
 from .rhd import rhd
 from .ring import ring
+from .shm import shm
 from .tree import tree
 
-ALGORITHMS = {"ring": ring, "tree": tree, "rhd": rhd, "doubling": doubling}
+ALGORITHMS = {"ring": ring, "tree": tree, "rhd": rhd, "doubling": doubling,
+              "shm": shm}
