@@ -192,7 +192,7 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
 
     if call is None:
         _negotiate(c, 0, local_error, None)  # raises on every rank
-    reduced = _negotiate(c, call.sig, None, call.describe(),
+    reduced = _negotiate(c, call.sig, None, call.describe,
                          flat_in if call.piggyback else None, call.reduce)
     if reduced is not None:
         flat_out[...] = reduced
@@ -243,7 +243,8 @@ def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     """The header pass over ``c``: every rank learns whether all agree on ``sig``.
 
     ``sig`` is this rank's signature of the call (ignored when ``local_error`` is set);
-    ``describe`` a dict of what the signature covers, used only to explain a mismatch.
+    ``describe`` a dict of what the signature covers, or a function returning one (called
+    only on a mismatch, so the common path does not pay for it), used to explain a mismatch.
     ``payload`` (a 1-D array of at most PIGGYBACK_CAP bytes) rides along and is reduced with
     ``reduce`` on the way; the return value is then the reduced payload (a view into a buffer
     reused by the next call: copy it out), else None. Raises on every rank if any rank
@@ -299,6 +300,8 @@ def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
 
 def _raise_everywhere(c, describe, local_error):
     """Every rank saw the same combined header, so every rank is here: say who sent what."""
+    if callable(describe):
+        describe = describe()
     info = (describe, None if local_error is None else (type(local_error).__name__, str(local_error)))
     everyone = c.mpi.allgather(info)
     if local_error is not None:
