@@ -22,6 +22,10 @@ DEFAULTS = {
     # The largest message one step of an algorithm sends: 1 MiB won the segment sweep in
     # docs/benchmarks.md (``python -m ringreduce.bench -a ring:64K ring:256K ring:1M ring:4M``).
     "RINGREDUCE_SEGMENT_BYTES": 1 << 20,
+    # Ranks per node for algorithm="hierarchical": 0 takes the nodes MPI reports
+    # (COMM_TYPE_SHARED); k > 0 makes pretend nodes of k consecutive ranks, to try the
+    # two-level path on one machine.
+    "RINGREDUCE_LOCAL_SIZE": 0,
 }
 
 
@@ -34,6 +38,7 @@ class Config:
     stall_check_seconds: float
     stall_shutdown_seconds: float
     segment_bytes: int
+    local_size: int
 
     def items(self):
         return [(f"RINGREDUCE_{f.name.upper()}", v) for f, v in zip(fields(self), astuple(self))]
@@ -85,8 +90,10 @@ def parse(env=None):
     shutdown = _number("RINGREDUCE_STALL_SHUTDOWN_SECONDS",
                        get("RINGREDUCE_STALL_SHUTDOWN_SECONDS"), float, 0,
                        "a number of seconds >= 0 (0 never shuts down)")
+    local = _number("RINGREDUCE_LOCAL_SIZE", str(get("RINGREDUCE_LOCAL_SIZE")), int, 0,
+                    "a whole number of ranks per node >= 0 (0 uses the nodes MPI reports)")
     timeline = str(get("RINGREDUCE_TIMELINE"))
-    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg)
+    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg, local)
 
 
 _config = None

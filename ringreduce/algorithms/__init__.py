@@ -8,10 +8,11 @@ never written); ``reduce(dst, src)`` is the kernel for the op; ``segment_elems``
 message. The caller has already checked that every rank agrees on all of it.
 """
 from .doubling import doubling
+from .hierarchical import hierarchical
 from .rhd import rhd
 from .ring import ring
 from .shm import shm
 from .tree import tree
 
 ALGORITHMS = {"ring": ring, "tree": tree, "rhd": rhd, "doubling": doubling,
-              "shm": shm}
+              "shm": shm, "hierarchical": hierarchical}
