@@ -96,3 +96,15 @@ def test_plan_buckets_sends_large_contiguous_tensors_directly():
     assert plan_buckets(sizes, 100, 1000, [True, False, True, True, True, True]) == \
         [[0], [1], [2, 3, 5], [4]]
     assert plan_buckets([], 100, 1000) == []
+
+
+def test_local_size_default_value_and_errors():
+    assert parse({}).local_size == DEFAULTS["RINGREDUCE_LOCAL_SIZE"] == 0
+    assert parse({"RINGREDUCE_LOCAL_SIZE": "3"}).local_size == 3
+    assert parse({"RINGREDUCE_LOCAL_SIZE": " 2 "}).local_size == 2
+    assert ("RINGREDUCE_LOCAL_SIZE", 4) in parse({"RINGREDUCE_LOCAL_SIZE": "4"}).items()
+    for bad in ("-1", "1.5", "two", "", "2K"):
+        with pytest.raises(ValueError) as info:
+            parse({"RINGREDUCE_LOCAL_SIZE": bad})
+        assert str(info.value) == (f"RINGREDUCE_LOCAL_SIZE={bad!r} is not valid; expected a whole "
+                                   "number of ranks per node >= 0 (0 uses the nodes MPI reports)")

@@ -12,7 +12,7 @@ from mpi4py import MPI
 import ringreduce as rr
 from ringreduce._allreduce import DTYPES, choose_algorithm
 
-ALGS = ["auto", "ring", "tree", "rhd", "doubling", "shm"]
+ALGS = ["auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical"]
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
 LENGTHS = sorted({0, 1, 2, max(P - 1, 1), 7, 13, 97, 1000})
