@@ -17,6 +17,15 @@ Other runs:
       --hidden 1024,1024 --batch-size 1024 --epochs 1 --metrics-out m.json
   mpiexec -n 2 python examples/train_mlp.py --checkpoint-dir ckpt --max-steps 100
   mpiexec -n 2 python examples/train_mlp.py --checkpoint-dir ckpt --resume   # goes on
+  mpiexec -n 3 python examples/train_mlp.py --mode ps --servers 1    # 2 workers, 1 server
+  mpiexec -n 3 python examples/train_mlp.py --mode pipeline --hidden 128,64 --micro-batches 4
+
+--mode ps (ringreduce/ps.py): the last --servers ranks own shards of the parameters and run the
+optimizer; the other ranks compute gradients, push them and pull the parameters every step.
+--mode pipeline (ringreduce/pipeline.py): each rank holds a contiguous run of layers, and the
+micro-batches of each batch flow through them (GPipe). Both train the same model with the same
+data, optimizer and schedule as data parallel, and reach the parameters one rank would.
+docs/architectures.md compares the three.
 
 --batch-size is the global batch: N ranks with batch B train exactly as one rank with batch B
 (up to the order of floating-point additions), so hyper-parameters do not change with the rank
@@ -42,6 +51,9 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 import ringreduce as rr  # noqa: E402
+from ringreduce.pipeline import (MemoryBudgetError, check_memory_budget,  # noqa: E402
+                                 memory_bytes, train_pipeline)
+from ringreduce.ps import train_ps  # noqa: E402
 from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler,  # noqa: E402
                                  GradSync, NonFiniteGradientError, broadcast_parameters,
                                  load_checkpoint, save_checkpoint)
@@ -95,6 +107,17 @@ def parse_args(argv):
     o.add_argument("--resume", action="store_true", help="go on from DIR/ckpt.npz")
     o.add_argument("--plot", metavar="FILE.png", help="loss and accuracy curves (matplotlib)")
     o.add_argument("--no-progress", action="store_true", help="print nothing on rank 0 either")
+    a = p.add_argument_group("architecture (docs/architectures.md)")
+    a.add_argument("--mode", choices=("dp", "ps", "pipeline"), default="dp",
+                   help="dp: data parallel with allreduce; ps: parameter server; pipeline: "
+                        "the layers split across ranks (default dp)")
+    a.add_argument("--servers", type=int, default=1, metavar="S",
+                   help="--mode ps: how many ranks (the last ones) serve the parameters")
+    a.add_argument("--micro-batches", type=int, default=4, metavar="M",
+                   help="--mode pipeline: micro-batches per global batch")
+    a.add_argument("--memory-budget-mb", type=float, metavar="MIB",
+                   help="refuse to start when a rank's parameters, gradients, optimizer state "
+                        "and activations would exceed MIB (an estimate, made before allocating)")
     x = p.add_argument_group("checks (used by the tests)")
     x.add_argument("--check-sync", action="store_true",
                    help="after every step, check that every rank holds identical parameters "
@@ -126,6 +149,19 @@ def parse_args(argv):
                            {"nan": np.nan, "inf": np.inf}[parts[2] if len(parts) > 2 else "nan"])
         except (IndexError, ValueError, KeyError):
             bad(f"--inject-nonfinite takes STEP:RANK[:nan|inf], got {args.inject_nonfinite!r}")
+    if args.servers < 1 or args.micro_batches < 1:
+        bad(f"--servers and --micro-batches must be >= 1, got {args.servers} and "
+            f"{args.micro_batches}")
+    if args.memory_budget_mb is not None and args.memory_budget_mb <= 0:
+        bad(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb}")
+    if args.mode != "dp":
+        dp_only = [flag for flag, given in (
+            ("--checkpoint-dir", args.checkpoint_dir), ("--resume", args.resume),
+            ("--check-sync", args.check_sync), ("--inject-nonfinite", args.inject_nonfinite),
+            ("--grad-accum", args.grad_accum > 1), ("--plot", args.plot),
+            ("a '{rank}' in --save-params", "{rank}" in (args.save_params or ""))) if given]
+        if dp_only:
+            bad(f"--mode {args.mode} does not take {', '.join(dp_only)} (data parallel only)")
     if args.plot:
         try:
             import matplotlib  # noqa: F401 - only checked here, used at the end
@@ -192,6 +228,72 @@ def load_data(args):
     return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64), name
 
 
+def optimizer_state_slots(args):
+    """Values of optimizer state per parameter (for the memory estimate)."""
+    return 2 if args.optimizer == "adam" else (1 if args.momentum > 0 else 0)
+
+
+def train_ps_or_pipeline(args, sizes, dtype, x_train, y_train, x_test, y_test, data_name):
+    """--mode ps / pipeline: the data-parallel run's model, data, optimizer and schedule,
+    trained by ringreduce.ps or ringreduce.pipeline; the same outputs."""
+    rank, world = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    master = rank == 0  # a worker (ps) or the first stage (pipeline): it ends with the model
+    # The global batches, as one rank sees them; the modules split them among their ranks.
+    sampler = DistributedSampler(len(x_train), args.batch_size, rank=0, size=1, seed=args.seed,
+                                 drop_last=args.drop_last)
+    steps_per_epoch = len(sampler)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+
+    def lr_at(step):  # the data-parallel loop's schedule (main's lr_at)
+        if args.schedule == "constant":
+            return args.lr
+        return args.lr * 0.5 * (1.0 + np.cos(np.pi * step / (steps_per_epoch * args.epochs)))
+
+    def make_optimizer(params):
+        if args.optimizer == "sgd":
+            return SGD(params, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, nesterov=args.nesterov)
+        return Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+
+    common = dict(sampler=sampler, total_steps=total_steps, make_optimizer=make_optimizer,
+                  lr_at=lr_at, dtype=dtype, state_slots=optimizer_state_slots(args),
+                  memory_budget_bytes=(args.memory_budget_mb * 2**20
+                                       if args.memory_budget_mb is not None else None))
+    if master and not args.no_progress:
+        how = (f"{args.servers} server(s), {world - args.servers} worker(s)"
+               if args.mode == "ps" else f"{args.micro_batches} micro-batches")
+        print(f"{data_name}: {len(x_train)} train / {len(x_test)} test, model {sizes} {dtype}, "
+              f"--mode {args.mode} on {world} rank(s): {how}, global batch {args.batch_size}, "
+              f"{total_steps} steps", flush=True)
+    if args.mode == "ps":
+        metrics, params = train_ps(sizes, lambda: MLP(sizes, dtype=dtype, seed=args.seed),
+                                   softmax_cross_entropy, x_train, y_train, x_test, y_test,
+                                   servers=args.servers, **common)
+    else:
+        metrics, params = train_pipeline(sizes, softmax_cross_entropy, x_train, y_train, x_test,
+                                         y_test, micro_batches=args.micro_batches,
+                                         seed=args.seed, gather_params=bool(args.save_params),
+                                         **common)
+    if not master:
+        return 0
+    if args.save_params:
+        out = {f"param.{i}": p for i, p in enumerate(params)}
+        out["sizes"] = np.array(sizes)
+        save_checkpoint(args.save_params, out)
+    if args.metrics_out:
+        metrics.update(data=data_name, model=sizes, dtype=str(dtype), optimizer=args.optimizer,
+                       lr=args.lr, global_batch_size=args.batch_size, epochs=args.epochs,
+                       steps_per_epoch=steps_per_epoch)
+        with open(args.metrics_out, "w") as fh:
+            json.dump(metrics, fh, indent=1)
+    if not args.no_progress:
+        print(f"final test accuracy {metrics['final_test_accuracy']:.4f} after "
+              f"{metrics['steps']} steps, {metrics['wall_seconds']:.1f} s", flush=True)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     comm = MPI.COMM_WORLD
@@ -203,6 +305,15 @@ def main(argv=None):
     x_train, y_train, x_test, y_test, data_name = load_data(args)
     x_train, x_test = x_train.astype(dtype), x_test.astype(dtype)
     classes = int(max(y_train.max(), y_test.max())) + 1
+    sizes = [x_train.shape[1], *args.hidden, classes]
+    if args.mode != "dp":
+        return train_ps_or_pipeline(args, sizes, dtype, x_train, y_train, x_test, y_test,
+                                    data_name)
+    if args.memory_budget_mb is not None:  # every rank holds the whole model
+        check_memory_budget(
+            {"each rank": memory_bytes(sizes, range(len(sizes) - 1), -(-args.batch_size // world),
+                                       dtype.itemsize, optimizer_state_slots(args))},
+            args.memory_budget_mb * 2**20, f"data parallel on {world} rank(s)")
     model = MLP([x_train.shape[1], *args.hidden, classes], dtype=dtype, seed=args.seed)
     params = model.parameters()
     # The model is a function of the seed, so this changes nothing unless ranks were started
@@ -469,7 +580,8 @@ if __name__ == "__main__":
         sys.exit(main())
     except SystemExit:
         raise  # argparse errors and the normal exit: the same on every rank
-    except (CheckpointError, NonFiniteGradientError, ValueError, RuntimeError) as exc:
+    except (CheckpointError, NonFiniteGradientError, MemoryBudgetError, ValueError,
+            RuntimeError) as exc:
         # Every rank meets these errors at the same point (same file, same reduced gradient),
         # but a rank that exits while another waits in a collective would hang the job, so
         # with several ranks the first to fail aborts them all.
