@@ -30,13 +30,14 @@ time per byte sent, time per byte reduced; alpha_l, beta_l: the same inside a no
 against 2 (Nk - 1) alpha + 2 n (Nk - 1) / (Nk) beta + ... for a flat ring over all Nk ranks.
 What it buys: the messages that cross the network fall from 2 (Nk - 1) in series to
 2 (N - 1), each k times larger, and only one rank per node sends across, so a node's link
-carries 2 n (N - 1) / N bytes however many ranks the node has (algorithms whose partners are
-spread over the nodes, rhd, doubling and tree, send up to k ranks' worth across it). What it
-costs: steps 1 and 3, about 2 n lg k bytes through the node's memory, and one rank's link
-doing all of the node's network work. It pays when messages are latency-bound across the
-network, or when a node's memory bandwidth is far above its network bandwidth; on one node
-(N = 1) it is a tree allreduce, and with one rank per node (k = 1) the plain leader
-algorithm.
+carries 2 n (N - 1) / N bytes however many ranks the node has (rhd and doubling, whose
+partners are spread over the nodes, send about k ranks' worth across it). What it costs:
+steps 1 and 3, about 2 n lg k bytes through the node's memory, and one rank's link doing all
+of the node's network work. It pays when messages are latency-bound across the network, or
+when a node's memory bandwidth is far above its network bandwidth; on one node (N = 1) it is
+a tree allreduce, and with one rank per node (k = 1) the plain leader algorithm. Measurements
+(the bytes crossing a node's link, times on one machine and over a rate-limited link) are in
+docs/cluster.md, "Hierarchical (two-level) allreduce".
 
 The node and leader communicators are made at the first call on a communicator (collective:
 every rank reaches it in the same call, after the header pass agreed on the algorithm) and
@@ -51,10 +52,9 @@ from .._schedule import binomial_tree, segment_bounds
 from .doubling import doubling
 from .rhd import rhd
 from .ring import ring
-from .tree import tree
 
-# The flat algorithms the leader step may run (``choose_algorithm`` names one of them).
-_LEADER_ALGORITHMS = {"ring": ring, "rhd": rhd, "doubling": doubling, "tree": tree}
+# What the leader step runs: the algorithms ``choose_algorithm`` names for a flat communicator.
+_LEADER_ALGORITHMS = {"ring": ring, "rhd": rhd, "doubling": doubling}
 _STATE = "hierarchical_levels"
 
 
@@ -110,9 +110,9 @@ def levels(comm, local_size=None, node=None):
     st = comm.__dict__.get(_STATE)
     if st is not None:
         if node is not None or (local_size is not None and local_size != st.local_size):
+            asked = "a node communicator" if node is not None else f"local_size={local_size}"
             raise ValueError(f"the hierarchical levels of this communicator already exist "
-                             f"(local_size={st.local_size}), got "
-                             f"{'a node communicator' if node is not None else f'local_size={local_size}'}; "
+                             f"(local_size={st.local_size}), got {asked}; "
                              "use a new communicator for another split")
         return st
     if node is None:
