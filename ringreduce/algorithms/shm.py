@@ -57,6 +57,7 @@ Cost on one node (n bytes; gamma per byte reduced, c per byte copied, s per barr
 per rank: copy in all but its own slice, reduce its slice over p inputs, copy out everything.
 There is no alpha per message and no beta per byte sent.
 """
+import atexit
 import os
 import time
 
@@ -82,6 +83,24 @@ _YIELDS = 1000
 _NAP_S = 50e-6
 
 
+# Every live window, in creation order: freed at exit, before mpi4py's MPI_Finalize (an
+# atexit handler registered earlier, so it runs later). MPICH's OFI netmod cannot close its
+# fabric while a window's memory is still registered, and fails MPI_Finalize ("fabricclose
+# failed: Device or resource busy", seen in tests/test_multihost.py). Freeing is collective;
+# every rank made the same windows in the same order and frees them in that order, as it
+# would reach MPI_Finalize.
+_live = []
+
+
+def _free_all():
+    if MPI.Is_initialized() and not MPI.Is_finalized():
+        while _live:
+            _live[0].free()
+
+
+atexit.register(_free_all)  # after mpi4py's own handler (imported above), so it runs first
+
+
 def _split_node(mpi_comm):
     """The node communicator of ``mpi_comm``, ranks in ``mpi_comm``'s order (collective).
     Tests replace this to stand in several "nodes" on one machine."""
@@ -96,8 +115,12 @@ class _Window:
     """One shared window on a node communicator: per rank a counter, two slots of one block
     and two result areas of one slice, with numpy views onto every rank's region."""
 
-    def __init__(self, node, block_bytes):
+    def __init__(self, node, block_bytes, nap=None):
         self.node = node
+        # A polite communicator (the background engine's) naps from the first failed look;
+        # otherwise spin, then yield, then nap (see _SPINS).
+        self.spins, self.yields = (0, 0) if nap else (_SPINS, _YIELDS)
+        self.nap = nap or _NAP_S
         self.p = node.Get_size()
         self.rank = node.Get_rank()
         self.block_bytes = block_bytes
@@ -108,6 +131,7 @@ class _Window:
         # view at the first line boundary, so the counters are aligned (8-byte stores and
         # loads of them are then single accesses) and the data lines are not shared.
         self.win = MPI.Win.Allocate_shared(size + _ALIGN, 1, comm=node)
+        _live.append(self)
         self.bases = []
         for j in range(self.p):
             buf, _ = self.win.Shared_query(j)
@@ -150,13 +174,15 @@ class _Window:
             spins = 0
             while f[0] < epoch:
                 spins += 1
-                if spins > _YIELDS:
-                    time.sleep(_NAP_S)
-                elif spins > _SPINS:
+                if spins > self.yields:
+                    time.sleep(self.nap)
+                elif spins > self.spins:
                     os.sched_yield()
         self.win.Sync()  # the peers' data writes are visible to my reads from here on
 
     def free(self):
+        """Collective over the node. The views go first: they point into the window."""
+        _live.remove(self)
         self.typed.clear()
         self.flags = self.bases = None
         self.win.Unlock_all()
@@ -179,10 +205,13 @@ class _State:
         self.node = node
         self.window = None
         self.cross = None
+        self.nap = getattr(comm, "POLL_SLEEP", None)  # a PoliteComm sleeps while it waits
         if not self.one_node and self.uniform:
-            # Ranks with the same node rank, one per node, ordered by node.
+            # Ranks with the same node rank, one per node, ordered by node; the same class
+            # as comm, so a PoliteComm's ring waits politely too.
             cross = mpi.Split(node.Get_rank(), comm.rank)
-            self.cross = Comm(cross)
+            self.cross = (type(comm) if isinstance(comm, Comm) else Comm)(cross)
+            cross.Free()  # the wrapper keeps its own duplicate
 
     def window_for(self, block_bytes):
         """The window, grown to hold blocks of ``block_bytes`` (collective when it grows)."""
@@ -191,7 +220,7 @@ class _State:
             size = max(_MIN_BLOCK_BYTES, 1 << (block_bytes - 1).bit_length())
             if w is not None:
                 w.free()
-            self.window = w = _Window(self.node, size)
+            self.window = w = _Window(self.node, size, self.nap)
         return w
 
 

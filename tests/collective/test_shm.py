@@ -160,3 +160,19 @@ def test_several_nodes(comm, fake_nodes):
         got = rr.allreduce(y, algorithm="shm", comm=c, segment_bytes=seg)
         everyone = comm.allgather(got.tobytes())
         assert all(b == everyone[0] for b in everyone), "ranks disagree bitwise"
+
+
+def test_polite_comm_naps_while_it_waits(comm):
+    """The background engine's PoliteComm must not spin a core in shm's barrier either."""
+    from ringreduce._comm import PoliteComm
+    if P == 1:
+        pytest.skip("one rank never waits")
+    pc = PoliteComm(fresh_comm(comm))
+    x = np.full(5000, RANK + 1.0)
+    got = rr.allreduce(x, algorithm="shm", comm=pc, segment_bytes=8000)
+    np.testing.assert_array_equal(got, np.full(5000, P * (P + 1) / 2))
+    win = shm_mod.state(pc).window
+    assert (win.spins, win.yields, win.nap) == (0, 0, PoliteComm.POLL_SLEEP)
+    plain = shm_mod.state(get_comm(comm))
+    rr.allreduce(x, algorithm="shm", comm=comm)
+    assert plain.window.spins > 0
