@@ -266,6 +266,13 @@ class CountingComm:
         self.mpi.Free()
 
 
+def warm_up_optimizer(make_optimizer, dtype):
+    """Compile the optimizer's Numba kernels for ``dtype`` now, on a one-element scratch
+    parameter. Otherwise one rank's first update compiles them (seconds), and the ranks waiting
+    for that rank's next message wait through it in a step that is timed."""
+    make_optimizer([np.zeros(1, dtype=dtype)]).step([np.zeros(1, dtype=dtype)])
+
+
 # ---------------------------------------------------------------------------------------------
 # One stage
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +392,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
     stage = Stage(sizes, first, stop, params)
     grads = [np.zeros_like(p) for p in params]
     opt = make_optimizer(params)
+    warm_up_optimizer(make_optimizer, dtype)
     schedule = gpipe_schedule(stage_id, n_stages, n_micro)
     width_in, width_out = sizes[first], sizes[stop]
 

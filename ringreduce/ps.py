@@ -43,7 +43,7 @@ import numpy as np
 
 from ._schedule import chunk_bounds
 from .pipeline import (CountingComm, _rank_summary, _step_times, check_memory_budget,
-                       layer_parameter_counts, memory_bytes)
+                       layer_parameter_counts, memory_bytes, warm_up_optimizer)
 from .training import NonFiniteGradientError
 
 __all__ = ["shard_bounds", "roles", "flatten_parameters", "memory_estimates", "train_ps"]
@@ -221,6 +221,7 @@ def _serve(link, shard, bounds, workers, server_ranks, total_steps, make_optimiz
     s = server_ranks.index(link.rank)
     lo, hi = bounds[s]
     opt = make_optimizer([shard])
+    warm_up_optimizer(make_optimizer, shard.dtype)
     inbox = np.empty((len(workers), hi - lo), dtype=shard.dtype)
     summed = np.empty_like(shard)
     batch_sizes = _batch_sizes(sampler, total_steps)

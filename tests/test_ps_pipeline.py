@@ -286,6 +286,25 @@ def test_memory_estimates():
     assert s["server 0"]["total"] == 4 * half * (1 + 4 + 2)
 
 
+def test_memory_estimate_matches_a_stage_s_arrays():
+    # The estimate's parts against the arrays a stage really holds: its parameters, their
+    # gradients, SGD's momentum buffers, and after all forwards of a step the kept inputs of
+    # every micro-batch (plus the output and its gradient, one of each).
+    sizes, layers, batch, n_micro = [9, 12, 7, 5], (1, 2), 11, 3
+    params = mlp_layer_parameters(sizes, 0, np.float32, layers)
+    stage = Stage(sizes, 1, 3, params)
+    grads = [np.zeros_like(p) for p in params]
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    est = memory_bytes(sizes, layers, batch, 4, state_slots=1)
+    assert est["parameters"] == sum(p.nbytes for p in params)
+    assert est["gradients"] == sum(g.nbytes for g in grads)
+    assert est["optimizer"] == sum(b.nbytes for b in opt.state["momentum_buffer"])
+    outs = [stage.forward(np.ones((hi - lo, 12), np.float32), m)
+            for m, (lo, hi) in enumerate(chunk_bounds(batch, n_micro))]
+    kept = sum(h.nbytes for inputs in stage._inputs.values() for h in inputs)
+    assert est["activations"] == kept + 2 * sum(o.nbytes for o in outs)
+
+
 def test_budget_error_names_the_rank_and_the_numbers():
     est = {"stage 0": memory_bytes([100, 100, 10], [0], 8, 8, 1),
            "stage 1": memory_bytes([100, 100, 10], [1], 8, 8, 1)}
