@@ -24,7 +24,7 @@ from ._schedule import doubling_plan
 from .algorithms import ALGORITHMS
 from .algorithms.shm import on_one_node
 from . import _device
-from ._device import is_device_array
+from ._buffers import is_device_array
 from .kernels.cpu import reduce_kernel, scale_kernel
 
 OPS = ("sum", "avg", "min", "max", "prod")

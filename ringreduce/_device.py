@@ -43,9 +43,10 @@ import time
 
 import numpy as np
 
-# _allreduce imports the algorithms, which import this module for scratch_like and
-# copy_into: take _allreduce as a module and read its names at call time.
+# _allreduce imports the algorithms, which import _buffers; this module imports _allreduce
+# as a module and reads its names at call time.
 from . import _allreduce as ar
+from ._buffers import _Cuda, _require_cuda, copy_into, is_device_array, scratch_like  # noqa: F401
 from ._config import get_config
 from ._fusion import assign_buckets, group_by_dtype, offsets_of
 
@@ -61,45 +62,8 @@ _DEVICE_MARK = 1
 _MIN_STAGING = 64 << 10
 
 
-def is_device_array(x):
-    """True for a CUDA device array: anything with ``__cuda_array_interface__``, or a Numba
-    device array (the simulator's have no interface, only Numba's ``__cuda_ndarray__`` mark).
-    Looks at attributes only; numpy arrays answer at the first test."""
-    if isinstance(x, np.ndarray):
-        return False
-    try:
-        return bool(getattr(x, "__cuda_ndarray__", False)) or hasattr(
-            x, "__cuda_array_interface__")
-    except Exception:  # noqa: BLE001 - the interface exists but refused (see below)
-        # PyTorch raises RuntimeError for a tensor that requires grad. It is a device
-        # array; the device path meets the same error inside its validation, which
-        # reports it on every rank instead of leaving the others waiting.
-        return True
-
-
 # ---------------------------------------------------------------------------------------
 # numba-cuda, loaded on first use
-
-class _Cuda:
-    """numba.cuda and ringreduce.kernels.cuda, loaded once; ``sim``: the CUDA simulator."""
-    cuda = ck = driver = None
-    sim = False
-
-
-def _require_cuda():
-    """The loaded modules, or RuntimeError saying why device arrays cannot be reduced here."""
-    if _Cuda.cuda is None:
-        from .kernels import cuda as ck
-        if not ck.cuda_available():
-            raise RuntimeError(f"got a CUDA device array, but {ck.unavailable_reason()}")
-        from numba import config, cuda
-        _Cuda.sim = bool(config.ENABLE_CUDASIM)
-        if not _Cuda.sim:
-            from numba.cuda.cudadrv import driver
-            _Cuda.driver = driver
-        _Cuda.ck, _Cuda.cuda = ck, cuda
-    return _Cuda
-
 
 def as_device(x, what="x"):
     """A Numba device array viewing ``x`` (no copy). ``cuda.as_cuda_array`` waits for the
@@ -340,24 +304,6 @@ def device_comm(c):
     if dc is None or dc.aware != cuda_aware():
         dc = c.__dict__["device_comm"] = DeviceComm(c, cuda_aware())
     return dc
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers the algorithms call, for host and device buffers alike
-
-def scratch_like(buf, n):
-    """``n`` uninitialised elements of ``buf``'s dtype, where ``buf`` lives."""
-    if isinstance(buf, np.ndarray):
-        return np.empty(n, buf.dtype)
-    return _Cuda.cuda.device_array(n, buf.dtype)
-
-
-def copy_into(dst, src):
-    """``dst[...] = src`` for 1-D buffers of one length, on the host or on the device."""
-    if isinstance(dst, np.ndarray):
-        dst[...] = src
-    else:
-        _Cuda.ck.pack([src], dst, [0])
 
 
 # ---------------------------------------------------------------------------------------

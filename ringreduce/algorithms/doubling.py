@@ -21,7 +21,7 @@ The same plan carries the header every call starts with (``_allreduce``), and fo
 messages the data travels in those very messages.
 """
 from .._comm import TAG_REDUCE
-from .._device import copy_into, scratch_like
+from .._buffers import copy_into, scratch_like
 from .._schedule import doubling_plan
 
 

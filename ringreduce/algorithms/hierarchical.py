@@ -47,7 +47,7 @@ from mpi4py import MPI
 
 from .._comm import TAG_BCAST, TAG_REDUCE, Comm
 from .._config import get_config
-from .._device import copy_into, scratch_like
+from .._buffers import copy_into, scratch_like
 from .._schedule import binomial_tree, segment_bounds
 from .doubling import doubling
 from .rhd import rhd

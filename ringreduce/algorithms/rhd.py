@@ -23,7 +23,7 @@ for the fold (Thakur, Rabenseifner and Gropp 2005). Good for medium messages; fo
 the ring's neighbour-only traffic pipelines better.
 """
 from .._comm import TAG_FOLD, TAG_GATHER, TAG_REDUCE
-from .._device import copy_into, scratch_like
+from .._buffers import copy_into, scratch_like
 from .._schedule import chunk_bounds, fold, halving_steps, pow2_floor, unfold_rank
 
 

@@ -29,7 +29,7 @@ lower bound for any allreduce (Patarasuk and Yuan 2009), which is why the ring w
 messages and loses for small ones, where 2 (p - 1) latencies dominate.
 """
 from .._comm import TAG_GATHER, TAG_REDUCE
-from .._device import copy_into, scratch_like
+from .._buffers import copy_into, scratch_like
 from .._schedule import chunk_bounds, owned_chunk, ring_allgather_steps, ring_steps, segment_bounds
 
 

@@ -21,7 +21,7 @@ lg p latencies each way make it good for small messages; the n lg p bandwidth te
 poor for large ones, where the ring's 2 n (p - 1) / p is far smaller.
 """
 from .._comm import TAG_BCAST, TAG_REDUCE
-from .._device import copy_into, scratch_like
+from .._buffers import copy_into, scratch_like
 from .._schedule import binomial_tree, segment_bounds
 
 
