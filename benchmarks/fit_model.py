@@ -129,8 +129,27 @@ def sync_time(sizes, p, net, fusion, algorithms):
     return sum(model.best(n, nodes, k, net, algorithms=algorithms)[1] for n in buckets)
 
 
+def winners(net, p, algorithms):
+    """"a < 64K <= b < 2M <= c": the fastest of ``algorithms`` over 1 KiB .. 1 GiB."""
+    k = min(PER_NODE, p)
+    nodes = max(1, p // k)
+    out, last = [], None
+    for e in range(10, 31):
+        a = model.best(1 << e, nodes, k, net, algorithms=algorithms)[0]
+        if a != last:
+            out.append(a if last is None else f"{model._fmt_size(1 << e)} <= {a}")
+            last = a
+    return " < ".join(out)
+
+
 def scaling(markdown=None):
-    lines = []
+    lines = ["### Which algorithm the model picks (message sizes 1 KiB to 1 GiB, 8 ranks per node)", ""]
+    lines += ["| network | ranks | flat algorithms only | with the two-level ones |", "|---|---:|---|---|"]
+    for key in ("25gbe", "ib100"):
+        for p in (16, 64, 256, 1024):
+            lines.append(f"| {model.NETWORKS[key].name} | {p} | {winners(model.NETWORKS[key], p, FLAT)} "
+                         f"| {winners(model.NETWORKS[key], p, FLAT + TWO_LEVEL)} |")
+    lines.append("")
     for name, (sizes, compute, source) in workloads().items():
         lines.append(f"### {name}: {len(sizes)} tensors, {sum(sizes) / 2**20:.1f} MiB of "
                      f"float32 gradients; compute {compute * 1e3:.0f} ms per step ({source})")

@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 HEADER_BYTES = 24
 PIGGYBACK_CAP = 64 << 10   # _allreduce.PIGGYBACK_CAP: below it "doubling" rides the header
 SEGMENT_BYTES = 1 << 20    # RINGREDUCE_SEGMENT_BYTES default
-SHM_MIN_BLOCK = 1          # shm's block is min(n, seg) bytes
+SHM_MAX_BLOCK = 8 << 20    # algorithms/shm.py: _MAX_BLOCK_BYTES
 
 
 def pow2_floor(p):
@@ -116,24 +116,29 @@ def tree(n, p, seg=SEGMENT_BYTES, header=True):
             "beta": 2 * n * d, "gamma": n * d}
 
 
-def dbtree(n, p, header=True):
-    """Double binary tree (Sanders, Speck and Traeff 2009; NCCL across nodes), pipelined in
-    the large-message limit: two trees carry half the data each and every rank is a leaf in one,
-    so a rank sends and receives about n bytes each way: 2 ceil(lg p) alpha + 2 n beta + n gamma.
-    Not one of the library's algorithms: here for comparison at scale."""
+def dbtree(n, p, seg=SEGMENT_BYTES, header=True):
+    """Double binary tree (Sanders, Speck and Traeff 2009; NCCL across nodes), pipelined: two
+    trees of depth D = ceil(lg p) carry half the data each, in m segments of s <= seg bytes,
+    and every rank is a leaf in one of them. Up and down, each of D + m - 1 steps moves one
+    segment per tree into an inner node from its two children: 2 (D + m - 1) alpha +
+    4 (D + m - 1) s beta + n gamma, which tends to 2 n beta for long messages. Not one of the
+    library's algorithms: here for comparison at scale."""
     if p == 1:
         return {}
-    return {"alpha": 2 * ceil_lg(p) + (header_messages(p) if header else 0),
-            "beta": 2 * n, "gamma": n}
+    d = ceil_lg(p)
+    m = max(1, math.ceil(n / 2 / seg))
+    s = n / 2 / m
+    return {"alpha": 2 * (d + m - 1) + (header_messages(p) if header else 0),
+            "beta": 4 * (d + m - 1) * s, "gamma": n}
 
 
 def shm(n, p, seg=SEGMENT_BYTES, header=True):
-    """One node: (K + 1) barriers for K = ceil(n / block) blocks, n (2 - 1/p) bytes copied (in:
-    all but the rank's own slice; out: everything) and n (p-1)/p reduced; no message but the
-    header's."""
+    """One node: (K + 1) barriers for K = ceil(n / block) blocks of p segments (at most
+    SHM_MAX_BLOCK unless one segment is more), n (2 - 1/p) bytes copied (in: all but the
+    rank's own slice; out: everything) and n (p-1)/p reduced; no message but the header's."""
     if p == 1:
         return {}
-    block = max(SHM_MIN_BLOCK, min(n, seg))
+    block = min(n, p * seg, max(seg, SHM_MAX_BLOCK))
     k = math.ceil(n / block)
     return {"alpha": header_messages(p) if header else 0, "barrier": k + 1,
             "copy": n * (2 - 1 / p), "gamma": n * (p - 1) / p}
@@ -222,15 +227,19 @@ def predict(algorithm, n, p, costs=None, seg=SEGMENT_BYTES, cores=None):
     """Predicted seconds of one call of ``algorithm`` on one node with fitted ``costs``."""
     costs = THIS_MACHINE if costs is None else costs
     fn = COEFFICIENTS[algorithm]
-    kw = {"seg": seg} if algorithm in ("ring", "tree", "shm") else {}
+    kw = {"seg": seg} if algorithm in ("ring", "tree", "shm", "dbtree") else {}
     return costs[FITTED_AS.get(algorithm, algorithm)].time(fn(n, p, **kw)) * timeshare(p, cores)
 
 
 # -- clusters -----------------------------------------------------------------------------------
 
-def _on_network(costs, net):
-    """The network's alpha and beta with the machine's gamma."""
-    return replace(costs, alpha=net.alpha, beta=net.beta)
+def _across(costs, net, share=1):
+    """The costs of a message between nodes. The alpha fitted on one node is mostly the
+    library's own time per message (Python, mpi4py, MPI's software path) and is paid on any
+    message, so the network's latency adds to it; bytes stream through memory and over the
+    wire at once, so the slower of the two sets beta (the wire's counts ``share`` times when
+    that many ranks of a node send across at once)."""
+    return replace(costs, alpha=costs.alpha + net.alpha, beta=max(costs.beta, net.beta * share))
 
 
 def _distances(p2):
@@ -244,17 +253,18 @@ def _header(p, k, net, local):
     if p == 1:
         return 0.0
     steps = _distances(pow2_floor(p))
-    return (sum(net.alpha if d >= k else local.alpha for d in steps)
+    return (sum(local.alpha + (net.alpha if d >= k else 0.0) for d in steps)
             + 2 * _fold(p) * local.alpha)
 
 
 def cluster_time(algorithm, n, nodes, k, net, costs=None, seg=SEGMENT_BYTES):
     """Seconds for one allreduce of n bytes over ``nodes`` nodes of ``k`` ranks each.
 
-    Ranks sit on nodes in consecutive blocks of k. A message between two nodes costs the
-    network's alpha and beta, one inside a node this machine's fitted ones; when all k ranks
-    of a node send across at once (recursive halving-doubling and doubling at distances of k
-    or more) they share the node's link, so its beta counts k times.
+    Ranks sit on nodes in consecutive blocks of k. A message inside a node costs this
+    machine's fitted alpha and beta, one between nodes that alpha plus the network's, and the
+    slower of the two betas (``_across``); when all k ranks of a node send across at once
+    (recursive halving-doubling and doubling at distances of k or more) they share the node's
+    link, so its beta counts k times.
     """
     if algorithm not in CLUSTER_ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
@@ -276,19 +286,15 @@ def cluster_time(algorithm, n, nodes, k, net, costs=None, seg=SEGMENT_BYTES):
         # Neighbours: k - 1 of every k hops stay on a node, one crosses, and each link carries
         # one rank's stream; a step lasts as long as its slowest hop.
         c = ring(n, p, seg, header=False)
-        slowest = replace(fitted, alpha=max(net.alpha, fitted.alpha),
-                          beta=max(net.beta, fitted.beta))
-        return slowest.time(c) + _header(p, k, net, fitted)
+        return _across(fitted, net).time(c) + _header(p, k, net, fitted)
     if algorithm in ("rhd", "doubling"):
         p2, f = pow2_floor(p), _fold(p)
         t = _header(p, k, net, fitted) if algorithm == "rhd" or n > PIGGYBACK_CAP else 0.0
         for d in _distances(p2):
             # rhd: a halving and a doubling message of n d / p2 bytes; doubling: one of n.
             msgs, nbytes = (2, 2 * n * d / p2) if algorithm == "rhd" else (1, n + HEADER_BYTES)
-            if d >= k:
-                t += msgs * net.alpha + k * nbytes * net.beta
-            else:
-                t += msgs * fitted.alpha + nbytes * fitted.beta
+            step = _across(fitted, net, share=k) if d >= k else fitted
+            t += msgs * step.alpha + nbytes * step.beta
         t += f * (2 * fitted.alpha + 2 * n * fitted.beta)   # the fold pairs neighbours
         return t + COEFFICIENTS[algorithm](n, p)["gamma"] * gamma
     if algorithm == "tree":
@@ -296,13 +302,15 @@ def cluster_time(algorithm, n, nodes, k, net, costs=None, seg=SEGMENT_BYTES):
         segs = max(1, math.ceil(n / seg))
         t = _header(p, k, net, fitted)
         for d in (1 << i for i in range(ceil_lg(p))):
-            a, b = (net.alpha, net.beta) if d >= k else (fitted.alpha, fitted.beta)
-            t += 2 * (segs * a + n * b)
+            step = _across(fitted, net) if d >= k else fitted
+            t += 2 * (segs * step.alpha + n * step.beta)
         return t + tree(n, p, seg)["gamma"] * gamma
     if algorithm == "dbtree":
-        # Pipelined in the large-message limit (see ``dbtree``): 2 n through each link.
-        return (2 * ceil_lg(nodes) * net.alpha + 2 * ceil_lg(k) * fitted.alpha
-                + 2 * n * net.beta + n * gamma + _header(p, k, net, fitted))
+        # The trees span the nodes (one rank per node in them, as NCCL builds them); a step
+        # waits for the network, each link carrying one stream.
+        c = dbtree(n, nodes, seg, header=False)
+        return _across(fitted, net).time(c) + _node_tree(n, k, costs, seg) \
+            + _header(p, k, net, fitted)
     if algorithm == "hierarchical":
         outer = min(cluster_time(a, n, nodes, 1, net, costs, seg)
                     for a in ("ring", "rhd", "doubling", "dbtree"))
@@ -314,7 +322,7 @@ def cluster_time(algorithm, n, nodes, k, net, costs=None, seg=SEGMENT_BYTES):
         # link carries 2 n (N - 1) / N bytes; each ring reduces its own n / k.
         c = ring(n / k, nodes, seg, header=False)
         c["beta"] *= k
-        return inner + _on_network(fitted, net).time(c) + _header(p, k, net, fitted)
+        return inner + _across(fitted, net).time(c) + _header(p, k, net, fitted)
 
 
 def _node_tree(n, k, costs, seg):

@@ -2,8 +2,9 @@ r"""Shared-memory allreduce for the ranks of one node: no message passes through
 
 Each rank owns a region of an MPI-3 shared-memory window (``MPI.Win.Allocate_shared`` on the
 node communicator) that every other rank on the node can read with plain loads. The vector is
-cut into *blocks* of at most ``segment_elems`` elements, processed one per round; a block is
-cut into p *slices* (``chunk_bounds``), slice r belonging to rank r:
+cut into *blocks*, processed one per round; a block is cut into p *slices*
+(``chunk_bounds``), slice r belonging to rank r. A slice is at most ``segment_elems``
+elements, so a block is p segments (at most 8 MiB unless the segment alone is larger):
 
     p = 3, one block          slot 0          slot 1          slot 2
     A  copy in                [a0 -- c0]      [a1 b1 c1]      [a2 b2 --]   (own slice stays home)
@@ -26,8 +27,8 @@ of C(k-1), done before barrier k; A(k+2) overwrites a slot last read by C(k), wh
 rank finished before barrier k+1, and a rank reaches A(k+2) only after barrier k+1; C(k+2)
 overwrites a result area last read by E(k), which every rank finished before its A(k+2), so
 before barrier k+2. So K rounds cost K + 1 barriers, and blocks small enough to stay in cache
-(the default 1 MiB ``segment_bytes``) keep the slots' traffic out of main memory: what is left
-is reading the input and writing the output, a memcpy's worth.
+(slices of one 1 MiB segment by default) keep the slots' traffic out of main memory: what is
+left is reading the input and writing the output, a memcpy's worth.
 
 The barrier is a counter per rank in the first cache line of its region, written only by its
 owner and raised once per barrier; a rank waits until every peer's counter has reached its
@@ -36,13 +37,15 @@ the window's life, ``Win.Sync`` (MPI_Win_sync, a memory barrier) comes after a r
 writes and before its counter store, and again after it sees the peers' counters and before
 it reads their data (Hoefler et al., "MPI+MPI", Computing 2013). Counters only grow, so a
 peer that has already passed on to the next barrier is never mistaken for one behind. A
-waiting rank yields its core after a short spin, which matters when ranks outnumber cores.
-Against ``MPI_Barrier`` this barrier took 3 us instead of 17 us at 2 ranks on the 2-core
-development machine (a loop of 20,000 barriers, each way, under the same load).
+waiting rank spins briefly, then yields its core, then naps, which matters when ranks
+outnumber cores; on a ``PoliteComm`` (the background engine's) it naps from the start. It
+costs a few microseconds where ``MPI_Barrier`` through mpi4py costs several times that
+(docs/benchmarks.md, "Shared-memory allreduce").
 
 Window: allocated once per communicator on first use and kept (collective, like every call
 here); grown, collectively, when a call needs bigger blocks than it holds. Every rank sizes it
-from the agreed count, dtype and segment size, so all grow at the same call.
+from the agreed count, dtype and segment size, so all grow at the same call. Windows are freed
+at exit, before MPI_Finalize.
 
 Several nodes. On a communicator that spans nodes, every node runs the same rounds on its own
 window, and between C and E the ranks with the same node rank (one per node) allreduce their
@@ -53,7 +56,7 @@ nodes differ, the call runs the plain ring over the whole communicator instead. 
 learns the node layout from one ``allgather`` at the first call, so all take the same path.
 
 Cost on one node (n bytes; gamma per byte reduced, c per byte copied, s per barrier):
-    (K + 1) s + n (2 - 1/p) c + n (p - 1)/p gamma      K = ceil(n / block bytes) rounds
+    (K + 1) s + n (2 - 1/p) c + n (p - 1)/p gamma      K = ceil(n / block) rounds
 per rank: copy in all but its own slice, reduce its slice over p inputs, copy out everything.
 There is no alpha per message and no beta per byte sent.
 """
@@ -75,6 +78,12 @@ _FLAG_BYTES = 128
 _ALIGN = 64
 # Smallest block a window is sized for, so tiny calls do not grow it one size at a time.
 _MIN_BLOCK_BYTES = 64 << 10
+# Largest block unless segment_bytes asks for more: every rank keeps two blocks in the
+# window, so this bounds its shared memory to about 16 MiB. Blocks of one segment per rank
+# (2 MiB at 2 ranks) beat blocks of one segment, and with more ranks than cores larger
+# blocks win by more, since every round ends in a barrier that waits for every rank to get a
+# core (docs/benchmarks.md, "Shared-memory allreduce", block sizes).
+_MAX_BLOCK_BYTES = 8 << 20
 # A waiting rank first spins (the peers are usually a few microseconds away), then yields its
 # core, then naps: with more ranks than cores, or other jobs on the node, a spinning rank
 # takes the time slice the rank it waits for needs. Counts of failed looks at the counters.
@@ -203,6 +212,7 @@ class _State:
         self.one_node = self.nodes == 1
         self.uniform = len({sz for _, sz in layout}) == 1
         self.node = node
+        self.q = node.Get_size()
         self.window = None
         self.cross = None
         self.nap = getattr(comm, "POLL_SLEEP", None)  # a PoliteComm sleeps while it waits
@@ -251,10 +261,14 @@ def shm(comm, sendbuf, recvbuf, reduce, segment_elems):
         return
     n = sendbuf.size
     dtype = sendbuf.dtype
-    blk = min(n, segment_elems)
+    # A block holds one segment per node rank, so the slice each rank reduces per round is
+    # one segment (1 MiB by default, inside this machine's 2 MiB L2); capped, since every
+    # rank keeps two blocks in the window.
+    q = st.q
+    blk = min(n, q * segment_elems, max(segment_elems, _MAX_BLOCK_BYTES // dtype.itemsize))
     win = st.window_for(blk * dtype.itemsize)
     slots, results = win.views(dtype)
-    q, me = win.p, win.rank
+    me = win.rank
     cross = st.cross
     blocks = [(lo, min(lo + blk, n)) for lo in range(0, n, blk)]
     slices = {}
