@@ -206,13 +206,13 @@ def prediction(per_sample_seconds, n_bytes, batch_per_rank, ranks, networks):
             def ps_time(servers):
                 # Push, then pull: in each, a server handles its W messages of n / S bytes one
                 # after another, and a worker its S messages of n bytes in all; the busier of
-                # the two sets the pace. A message costs the larger of the network's latency
-                # and this machine's fitted per-message cost, as the model's ring does.
+                # the two sets the pace. A message between nodes costs what the model charges
+                # the ring's (its _across rule: the library's alpha plus the network's, the
+                # slower of the two betas).
                 workers = p - servers
-                alpha = max(net.alpha, model.THIS_MACHINE["ring"].alpha)
-                beta = max(net.beta, model.THIS_MACHINE["ring"].beta)
-                server = workers * (alpha + n_bytes / servers * beta)
-                worker = servers * alpha + n_bytes * beta
+                cost = model._across(model.THIS_MACHINE["ring"], net)
+                server = workers * (cost.alpha + n_bytes / servers * cost.beta)
+                worker = servers * cost.alpha + n_bytes * cost.beta
                 return 2 * max(server, worker)
 
             cells = [batch_per_rank * p / (compute + ring)]
