@@ -67,6 +67,8 @@ def main(argv=None):
 
 
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?)\b")
+# pytest's closing line, e.g. "2 failed, 895 passed, 20 skipped in 520.60s (0:08:40)"
+FINAL = re.compile(r"^((?:\d+ [a-z]+(?:, )?)+) in [\d.]+s")
 
 
 def run_streaming(cmd, env, timeout):
@@ -85,13 +87,15 @@ def run_streaming(cmd, env, timeout):
         for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
-            if " in " in line and ("passed" in line or "failed" in line or "error" in line):
+            summary = FINAL.match(line.strip().strip("=").strip())
+            if summary:
                 found = {}
-                for num, word in SUMMARY.findall(line):
+                for num, word in SUMMARY.findall(summary.group(1)):
                     word = "failed" if word.startswith("error") else word
                     found[word] = found.get(word, 0) + int(num)
                 for k, v in found.items():
-                    counts[k] = max(counts[k], v)
+                    if k in counts:
+                        counts[k] = max(counts[k], v)
         rc = proc.wait()
     finally:
         signal.alarm(0)
