@@ -25,8 +25,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="*", default=[2, 3, 4, 5],
                         help="rank counts for the mpiexec runs (default: 2 3 4 5)")
-    parser.add_argument("--timeout", type=float, default=1200,
-                        help="seconds allowed for each run (default 1200)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds allowed for each run (default 1800)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args(argv)
 
@@ -75,7 +75,8 @@ def run_streaming(cmd, env, timeout):
     """Run ``cmd``, echo its output, and read pytest's summary lines (one per rank; the counts
     of the run are the largest any rank reports). A run past ``timeout`` is killed whole."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True)
     deadline = time.monotonic() + timeout
     counts = {"passed": 0, "failed": 0, "skipped": 0}
 
