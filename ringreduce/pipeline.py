@@ -27,7 +27,9 @@ summed), about 1e-16 relative per step in float64.
 Cost per step: stage s sends M forward messages of B / M activations of its output width and
 M backward messages of B / M gradients of its input width, so B (h_out + h_in) elements in all
 (one of the two for the first and last stage) - independent of M and of the number of
-parameters; the rank holding the widest boundary sends most.
+parameters; the rank holding the widest boundary sends most. In alpha-beta terms a stage pays
+2 M alpha + B (h_in + h_out) beta per step, and the step takes (M + P - 1) / M times the
+slowest stage's compute: more micro-batches shrink the bubble but add latencies.
 
 Memory: a stage keeps every micro-batch's layer inputs until its backward (GPipe stores all M),
 so its activations are those of the whole batch for its layers only, and its parameters,
@@ -194,12 +196,15 @@ class MemoryBudgetError(MemoryError):
     """A rank's estimated memory exceeds the budget it was given."""
 
 
-def check_memory_budget(estimates, budget_bytes, what):
+PIPELINE_ADVICE = "split the model over more pipeline stages (--mode pipeline), or raise the budget"
+
+
+def check_memory_budget(estimates, budget_bytes, what, advice=PIPELINE_ADVICE):
     """Raise :class:`MemoryBudgetError` if any estimate exceeds ``budget_bytes``.
 
     ``estimates``: ``{label: memory_bytes(...)}`` for every rank (the same on every rank, so
     every rank raises the same error at the same point instead of one waiting on another).
-    ``what`` names the mode in the message.
+    ``what`` names the mode in the message, ``advice`` ends it.
     """
     over = {label: e for label, e in estimates.items() if e["total"] > budget_bytes}
     if not over:
@@ -211,7 +216,7 @@ def check_memory_budget(estimates, budget_bytes, what):
         f"{what}: {label} needs an estimated {e['total'] / mib:.2f} MiB ({detail} MiB), over "
         f"the memory budget of {budget_bytes / mib:.2f} MiB"
         + (f" ({len(over)} of {len(estimates)} ranks are over)" if len(estimates) > 1 else "")
-        + "; split the model over more pipeline stages (--mode pipeline), or raise the budget")
+        + f"; {advice}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,8 +449,8 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
             t1 = time.perf_counter()
             if not all(np.isfinite(g).all() for g in grads):
                 # A NaN in the loss reaches every stage's gradients, so every stage stops here.
-                raise NonFiniteGradientError(f"pipeline stage {stage_id}: step {step}: the gradient "
-                                         f"holds NaN or Inf; stopping")
+                raise NonFiniteGradientError(f"pipeline stage {stage_id}: step {step}: the "
+                                             f"gradient holds NaN or Inf; stopping")
             opt.lr = lr_at(step)
             opt.step(grads)
             t2 = time.perf_counter()

@@ -29,7 +29,9 @@ Traffic per step: a worker sends n elements (its gradient) and receives n (the p
 way: the servers' links carry everything, so a PS needs enough servers (S comparable to W)
 to match a ring allreduce's 2 n (p - 1) / p per rank. In return a worker never waits on
 another worker's link, and the server's optimizer step is done once per shard, not on every
-rank.
+rank. In alpha-beta terms (n in bytes), push and pull each take the longer of a server's
+W (alpha + n / S beta) and a worker's S alpha + n beta (a server takes its W messages one
+after another), plus the server's update of n / S elements between them.
 
 The pull of step k + 1 is posted right after the push of step k, and a worker waits for both
 together: the server answers the pull only after it has received every worker's push and
@@ -120,7 +122,10 @@ def train_ps(sizes, make_model, loss_fn, x_train, y_train, x_test, y_test, *, se
             check_memory_budget(memory_estimates(sizes, servers, len(workers),
                                                  sampler.batch_size, dtype.itemsize,
                                                  state_slots),
-                                memory_budget_bytes, f"parameter server with {servers} server(s)")
+                                memory_budget_bytes, f"parameter server with {servers} server(s)",
+                                advice="more servers (--servers) shrink a server's share; a "
+                                       "worker holds the whole model, which only a pipeline "
+                                       "(--mode pipeline) splits; or raise the budget")
         model = shard = None
         if link.rank in server_ranks:
             lo, hi = bounds[server_ranks.index(link.rank)]
@@ -238,8 +243,8 @@ def _serve(link, shard, bounds, workers, server_ranks, total_steps, make_optimiz
         for i in range(1, len(workers)):
             summed += inbox[i]
         if not np.isfinite(summed).all():
-            raise NonFiniteGradientError(f"parameter server {s}: step {step}: the summed gradient "
-                                     f"holds NaN or Inf; stopping")
+            raise NonFiniteGradientError(f"parameter server {s}: step {step}: the summed "
+                                         f"gradient holds NaN or Inf; stopping")
         opt.lr = lr_at(step)
         opt.step([summed])
         t2 = time.perf_counter()

@@ -5,8 +5,9 @@ tests/test_training_mpi.py (66 samples, global batch 16: the fifth step of each 
 samples, so some workers or micro-batches get none):
 
 - ``--mode ps`` ends with the parameters of one data-parallel rank (float64, relative
-  difference below 1e-10), with 1 server and 1 worker, 1 server and 2 workers, 2 servers and
-  2 workers (shards split a layer), and with Adam's state kept on the servers;
+  difference below 1e-10), with 1 server and 1, 2 or 3 workers (with 3, a worker gets no
+  sample of the 2-sample step), 2 servers and 2 workers (shards split a layer), and with
+  Adam's state kept on the servers;
 - ``--mode pipeline`` does the same at 2 and 3 stages, with micro-batch counts that do not
   divide the batch (and so leave a micro-batch of the last step empty);
 - a memory budget that one rank exceeds is refused with a clear error, and the same budget
@@ -93,8 +94,8 @@ def check_against(ref, got, metrics, n):
     assert not np.allclose(got[0], start[0])  # training moved the parameters
 
 
-@pytest.mark.parametrize("n,servers,optimizer", [(2, 1, "sgd"), (3, 1, "sgd"), (4, 2, "sgd"),
-                                                 (3, 2, "adam")])
+@pytest.mark.parametrize("n,servers,optimizer", [(2, 1, "sgd"), (3, 1, "sgd"), (4, 1, "sgd"),
+                                                 (4, 2, "sgd"), (3, 2, "adam")])
 def test_parameter_server_matches_one_rank(tmp_path, one_rank, n, servers, optimizer):
     opt = ["--nesterov"] if optimizer == "sgd" else ["--optimizer", "adam", "--lr", "0.01"]
     got, m = train(tmp_path, n, *SMALL, *opt, "--mode", "ps", "--servers", str(servers))
@@ -150,6 +151,8 @@ def test_memory_budget_refuses_one_rank_and_fits_a_pipeline(tmp_path):
     (2, ["--mode", "ps", "--servers", "2"], "needs 1 <= servers <= ranks - 1"),
     (4, ["--mode", "pipeline"], "a pipeline of 4 stages needs at least 4 layers"),
     (2, ["--mode", "ps", "--check-sync"], "does not take --check-sync"),
+    (3, ["--mode", "ps", "--memory-budget-mb", "0.01"],
+     "parameter server with 1 server(s): server 0 needs an estimated 0.02 MiB"),
 ])
 def test_impossible_setups_fail_on_every_rank(n, args, message):
     rc, out, err = mpirun(n, [*SMALL, *args], expect_ok=False)
