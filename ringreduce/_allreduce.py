@@ -114,6 +114,17 @@ def as_array(x, what="x"):
     return arr
 
 
+def check_op_algorithm(op, algorithm):
+    """Validate ``op`` and ``algorithm``; return the algorithm to run, with "auto" replaced
+    by ``RINGREDUCE_ALGORITHM`` when that is set."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    if algorithm not in ALGORITHM_NAMES:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
+                         f"{', '.join(ALGORITHM_NAMES)}")
+    return get_config().algorithm if algorithm == "auto" else algorithm
+
+
 class _Call:
     """One rank's validated view of one allreduce call."""
     __slots__ = ("arr", "op", "algorithm", "seg_bytes", "reduce", "scale", "target", "same",
@@ -121,14 +132,8 @@ class _Call:
 
     def __init__(self, x, op, algorithm, out, segment_bytes):
         arr = self.arr = as_array(x)
-        if op not in OPS:
-            raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-        if algorithm not in ALGORITHM_NAMES:
-            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
-                             f"{', '.join(ALGORITHM_NAMES)}")
+        algorithm = check_op_algorithm(op, algorithm)
         cfg = get_config()
-        if algorithm == "auto":
-            algorithm = cfg.algorithm  # RINGREDUCE_ALGORITHM, "auto" unless set
         self.op, self.algorithm = op, algorithm
         self.reduce, self.scale = _kernels(op, arr.dtype)
         seg = cfg.segment_bytes if segment_bytes is None else segment_bytes

@@ -343,13 +343,9 @@ DEVICE_ALGORITHMS = ("ring", "tree", "rhd", "doubling")
 
 
 def _check_op_algorithm(op, algorithm):
-    if op not in ar.OPS:
-        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(ar.OPS)}")
-    if algorithm not in ar.ALGORITHM_NAMES:
-        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
-                         f"{', '.join(ar.ALGORITHM_NAMES)}")
-    if algorithm == "auto":
-        algorithm = get_config().algorithm
+    asked = algorithm
+    algorithm = ar.check_op_algorithm(op, algorithm)
+    if asked == "auto":
         # RINGREDUCE_ALGORITHM naming a host-only algorithm is meant for host arrays.
         return algorithm if algorithm in DEVICE_ALGORITHMS else "auto"
     if algorithm not in DEVICE_ALGORITHMS:

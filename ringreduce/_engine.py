@@ -32,8 +32,8 @@ import numpy as np
 from mpi4py import MPI
 
 from . import _abort, _device
-from ._allreduce import (ALGORITHM_NAMES, OPS, MismatchError, RingReduceError, _check_out,
-                         _kernels, as_array, mismatch_message, run_algorithm)
+from ._allreduce import (MismatchError, RingReduceError, _check_out, _kernels, as_array,
+                         check_op_algorithm, mismatch_message, run_algorithm)
 from ._comm import PoliteComm, get_comm
 from ._config import get_config
 from ._fusion import offsets_of, pack, plan_buckets, unpack
@@ -413,13 +413,7 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
         return _device.allreduce_async_device(ch, x, op, name, algorithm, out, segment_bytes)
     cfg = get_config()
     arr = as_array(x)
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-    if algorithm not in ALGORITHM_NAMES:
-        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
-                         f"{', '.join(ALGORITHM_NAMES)}")
-    if algorithm == "auto":
-        algorithm = cfg.algorithm
+    algorithm = check_op_algorithm(op, algorithm)
     _kernels(op, arr.dtype)
     target, same = _check_out(arr, out)
     if name is None:

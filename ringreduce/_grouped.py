@@ -1,8 +1,8 @@
 """``grouped_allreduce``: many tensors, fused into few buckets, one allreduce per bucket."""
 import numpy as np
 
-from ._allreduce import (_DTYPE_CODE, ALGORITHM_NAMES, OPS, _kernels, _negotiate, _MASK,
-                         as_array, run_algorithm)
+from ._allreduce import (_DTYPE_CODE, _MASK, ALGORITHM_NAMES, OPS, _kernels, _negotiate,
+                         as_array, check_op_algorithm, run_algorithm)
 from . import _device
 from ._comm import get_comm
 from ._config import get_config
@@ -25,13 +25,7 @@ def validate_group(arrays, op, algorithm, inplace):
         raise TypeError(f"grouped_allreduce takes a list or tuple of arrays, got "
                         f"{type(arrays).__name__}")
     arrs = [as_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
-    if algorithm not in ALGORITHM_NAMES:
-        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
-                         f"{', '.join(ALGORITHM_NAMES)}")
-    if algorithm == "auto":
-        algorithm = get_config().algorithm
+    algorithm = check_op_algorithm(op, algorithm)
     kernels = {a.dtype: _kernels(op, a.dtype) for a in arrs}
     if inplace:
         for i, a in enumerate(arrs):
