@@ -11,7 +11,8 @@ the same hyper-parameters and reports the final test accuracy.
 
 The configurations run interleaved, ``--repeats`` times each, and the best throughput of each
 is kept: on a shared machine other processes only ever slow a run down, so the best run is
-the least disturbed one (the load average is printed for the record). The first step of each
+the least disturbed one (the load average is printed for the record). ``--wait-quiet S``
+also waits, before each run, until no other process has been runnable for 3 s. The first step of each
 run compiles the Numba optimizer kernels and is not timed.
 """
 import argparse
@@ -21,10 +22,31 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_mlp.py")
 TIMEOUT = 600
+
+
+def wait_until_quiet(limit_s):
+    """Wait (at most ``limit_s``) until no other process is runnable for 3 s in a row.
+
+    The 4th field of /proc/loadavg counts runnable tasks, this reader included, so 1 means
+    the cores are free. Linux only; elsewhere it returns at once.
+    """
+    deadline = time.monotonic() + limit_s
+    calm = 0
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/loadavg") as fh:
+                runnable = int(fh.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return
+        calm = calm + 1 if runnable <= 1 else 0
+        if calm >= 6:
+            return
+        time.sleep(0.5)
 
 
 def run(n, args):
@@ -60,6 +82,9 @@ def main():
     p.add_argument("--accuracy", action="store_true", help="digits accuracy at 1, 2, 4 ranks")
     p.add_argument("--plot", metavar="FILE.png", help="step-time breakdown as stacked bars")
     p.add_argument("--json", metavar="FILE.json", help="all results")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="before each run, wait up to SECONDS for no other runnable process "
+                        "(for a shared machine)")
     args = p.parse_args()
 
     setting = ["--synthetic", "16384", "--features", "256", "--hidden", "1024,1024",
@@ -70,6 +95,7 @@ def main():
     best = {}
     for rep in range(args.repeats):
         for n, overlap in configs:
+            wait_until_quiet(args.wait_quiet)
             m = run(n, setting + ([] if overlap else ["--no-overlap"]))
             key = (n, overlap)
             print(f"  run {rep + 1}: {n} rank(s), overlap {'on' if overlap else 'off'}: "
@@ -95,6 +121,7 @@ def main():
         print("| ranks | final test accuracy (digits, 20 epochs, batch 64, lr 0.1 cosine) |")
         print("|---|---|")
         for n in (1, 2, 4):
+            wait_until_quiet(args.wait_quiet)
             m = run(n, ["--epochs", "20"])
             accuracy[n] = m["final_test_accuracy"]
             print(f"| {n} | {accuracy[n]:.4f} |", flush=True)
