@@ -125,6 +125,9 @@ def check_op_algorithm(op, algorithm):
     return get_config().algorithm if algorithm == "auto" else algorithm
 
 
+_PLANS = {}
+
+
 class _Call:
     """One rank's validated view of one allreduce call."""
     __slots__ = ("arr", "op", "algorithm", "seg_bytes", "reduce", "scale", "target", "same",
@@ -132,22 +135,31 @@ class _Call:
 
     def __init__(self, x, op, algorithm, out, segment_bytes):
         arr = self.arr = as_array(x)
+        key = (arr.shape, arr.dtype, op, algorithm, segment_bytes)
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _PLANS[key] = self._plan(arr, op, algorithm, segment_bytes)
+        (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
+         self.sig) = plan
+        self.target, self.same = _check_out(arr, out)
+
+    @staticmethod
+    def _plan(arr, op, algorithm, segment_bytes):
+        """Everything that depends only on (shape, dtype, op, algorithm, segment_bytes),
+        computed once per such key: small calls are dominated by per-call Python work."""
         algorithm = check_op_algorithm(op, algorithm)
-        cfg = get_config()
-        self.op, self.algorithm = op, algorithm
-        self.reduce, self.scale = _kernels(op, arr.dtype)
-        seg = cfg.segment_bytes if segment_bytes is None else segment_bytes
+        reduce, scale = _kernels(op, arr.dtype)
+        seg = get_config().segment_bytes if segment_bytes is None else segment_bytes
         if not isinstance(seg, (int, np.integer)) or seg < arr.dtype.itemsize:
             raise ValueError(f"segment_bytes must be an int of at least one element "
                              f"({arr.dtype.itemsize} bytes for {arr.dtype}), got {segment_bytes!r}")
-        self.seg_bytes = int(seg)
-        self.target, self.same = _check_out(arr, out)
         nbytes = arr.nbytes
-        self.piggyback = nbytes <= PIGGYBACK_CAP and (
+        piggyback = nbytes <= PIGGYBACK_CAP and (
             algorithm == "doubling" or (algorithm == "auto" and nbytes < AUTO_SMALL_BYTES))
         # hash() of a tuple of ints is the same in every process (no randomisation for ints).
-        self.sig = hash((arr.size, _DTYPE_CODE[arr.dtype], OPS.index(op),
-                         ALGORITHM_NAMES.index(algorithm), self.seg_bytes, arr.shape)) & _MASK
+        sig = hash((arr.size, _DTYPE_CODE[arr.dtype], OPS.index(op),
+                    ALGORITHM_NAMES.index(algorithm), int(seg), arr.shape)) & _MASK
+        return op, algorithm, reduce, scale, int(seg), piggyback, sig
 
     def describe(self):
         return {"call": "allreduce", "shape": self.arr.shape, "dtype": str(self.arr.dtype),
@@ -182,21 +194,23 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
         call, local_error = None, exc
     arr = None if call is None else call.arr
 
-    flat_in = flat_out = None
-    if call is not None:
-        flat_in = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
-        target = call.target
-        if target is None:
-            flat_out = np.empty(arr.size, dtype=arr.dtype)
-        elif call.same:
-            flat_out = flat_in  # in place: on x itself, or on x's contiguous copy
-        elif target.flags.c_contiguous:
-            flat_out = target.reshape(-1)
-        else:
-            flat_out = np.empty(arr.size, dtype=arr.dtype)
-
     if call is None:
         _negotiate(c, 0, local_error, None)  # raises on every rank
+    contiguous = arr.flags.c_contiguous
+    flat_in = arr.reshape(-1) if contiguous else np.ascontiguousarray(arr).reshape(-1)
+    target = call.target
+    write_back = False  # whether the result must be copied into target at the end
+    if target is None:
+        flat_out = np.empty(arr.size, dtype=arr.dtype)
+    elif call.same:
+        flat_out = flat_in  # in place: on x itself, or on x's contiguous copy
+        write_back = not contiguous
+    elif target.flags.c_contiguous:
+        flat_out = target.reshape(-1)
+    else:
+        flat_out = np.empty(arr.size, dtype=arr.dtype)
+        write_back = True
+
     reduced = _negotiate(c, call.sig, None, call.describe,
                          flat_in if call.piggyback else None, call.reduce)
     if reduced is not None:
@@ -207,10 +221,10 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
         flat_out[...] = flat_in
     if call.scale is not None:
         call.scale(flat_out, c.size)
-    if call.target is None:
+    if target is None:
         return flat_out.reshape(arr.shape)
-    if not np.shares_memory(flat_out, call.target):
-        call.target[...] = flat_out.reshape(arr.shape)
+    if write_back:
+        target[...] = flat_out.reshape(arr.shape)
     return out
 
 
