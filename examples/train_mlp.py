@@ -299,7 +299,6 @@ def main(argv=None):
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     master = rank == 0  # this process does logging, metrics, checkpoints and plots
-    rr.init()  # starts the allreduce engine now, so a rank that never gets here is reported
     dtype = np.dtype(args.dtype)
 
     x_train, y_train, x_test, y_test, data_name = load_data(args)
@@ -321,6 +320,8 @@ def main(argv=None):
     broadcast_parameters(params, root=0)
     sync = GradSync(params, bucket_cap_bytes=max(1, int(args.bucket_mb * 2**20)),
                     overlap=not args.no_overlap, algorithm=args.algorithm)
+    if sync.overlap:
+        rr.init()  # starts the allreduce engine now, so a rank that never gets here is reported
     grads = sync.grads  # views into the bucket buffers: backward writes where allreduce reads
     if args.optimizer == "sgd":
         opt = SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,

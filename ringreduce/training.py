@@ -297,8 +297,9 @@ class GradSync:
     Averaging: reduce with ``op="sum"`` gradients of losses scaled by ``1/B``, B the *global*
     batch size (module docstring): exact for uneven per-rank batches, no extra pass.
 
-    ``overlap=False`` starts every bucket in :meth:`wait` instead (to measure what overlap
-    buys). Inside ``with sync.no_sync():`` nothing is sent and ``mark_ready`` is ignored, for
+    ``overlap=False`` reduces every bucket in :meth:`wait` instead, with one blocking
+    ``rr.grouped_allreduce`` in the caller's thread: the synchronous baseline, which needs no
+    background engine at all (to measure what overlap buys, and what it costs). Inside ``with sync.no_sync():`` nothing is sent and ``mark_ready`` is ignored, for
     gradient accumulation: accumulate into ``grads`` over several micro-batches and sync on the
     last one, outside the block.
 
@@ -391,20 +392,27 @@ class GradSync:
     def wait(self):
         """Finish this step's reduction; return True when every reduced gradient is finite.
 
-        Starts the buckets not started yet (all of them with ``overlap=False``), in bucket
-        order, waits for all, and resets the marks for the next step. ``last_wait_seconds``
-        holds how long this call blocked.
+        Starts the buckets not started yet, in bucket order, and waits for all of them (with
+        ``overlap=False``: reduces all buckets in one blocking ``rr.grouped_allreduce``); then
+        resets the marks for the next step. ``last_wait_seconds`` holds how long this call
+        blocked.
         """
         if self._no_sync:
             raise RuntimeError("GradSync.wait inside no_sync(): the gradients are not being "
                                "synchronised; leave the block for the last micro-batch")
         start = time.perf_counter()
-        for k in range(len(self.buffers)):
-            if self._handles[k] is None:
-                self._launch(k)
         try:
-            for k, handle in enumerate(self._handles):
-                handle.wait()
+            if self.overlap:
+                for k in range(len(self.buffers)):
+                    if self._handles[k] is None:
+                        self._launch(k)
+                for handle in self._handles:
+                    handle.wait()
+            else:
+                # Nothing to overlap with any more: one blocking call in this thread, so no
+                # background engine runs (and polls) while backward computes.
+                rr.grouped_allreduce(self.buffers, "sum", algorithm=self.algorithm,
+                                     comm=self.comm, inplace=True)
         finally:
             self._handles = [None] * len(self.buffers)
             self._marked[:] = False

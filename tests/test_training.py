@@ -250,14 +250,26 @@ def test_gradsync_grads_are_views_into_reverse_order_buckets(monkeypatch):
         sync.mark_ready(4)
 
 
-def test_gradsync_no_overlap_defers_every_bucket_to_wait(monkeypatch):
+def test_gradsync_no_overlap_reduces_every_bucket_in_wait(monkeypatch):
     rec = _Recorder(monkeypatch)
+    grouped = []
+    real = rr.grouped_allreduce
+
+    def record(arrays, *args, **kwargs):
+        grouped.append(list(arrays))
+        return real(arrays, *args, **kwargs)
+    monkeypatch.setattr(rr, "grouped_allreduce", record)
     sync = GradSync(_params(), bucket_cap_bytes=1, comm=MPI.COMM_SELF, overlap=False)
     for i in reversed(range(4)):
+        sync.grads[i][...] = i
         sync.mark_ready(i)
-    assert rec.calls == []
-    sync.wait()
-    assert [c.split(".")[-1] for c in rec.calls] == ["bucket0", "bucket1", "bucket2", "bucket3"]
+    assert rec.calls == [] and grouped == []
+    assert sync.wait() is True
+    # One blocking call with every bucket buffer, reduced in place; no background allreduce.
+    assert rec.calls == [] and len(grouped) == 1
+    assert [a is b for a, b in zip(grouped[0], sync.buffers)] == [True] * 4
+    for i in range(4):
+        np.testing.assert_array_equal(sync.grads[i], i)
 
 
 def test_gradsync_no_sync_sends_nothing(monkeypatch):
