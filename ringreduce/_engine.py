@@ -112,6 +112,7 @@ class _Channel:
                 raise ValueError(f"an allreduce named {entry.name!r} is already in flight on "
                                  "this rank; names must be unique until their handle completes")
             self.submitted.append(entry)
+        self.engine.wakeup.set()
 
     # -- engine thread -------------------------------------------------------------------
     def progress(self, now, cfg):
@@ -328,7 +329,10 @@ _Entry.finish = _entry_finish
 
 
 class Engine:
+    IDLE_WAKE = 0.05  # seconds between checks when nothing of this rank's is in flight
+
     def __init__(self):
+        self.wakeup = threading.Event()
         self.lock = threading.Lock()
         self.channels = {}
         self.fusion_buffers = {}
@@ -362,9 +366,13 @@ class Engine:
 
     def loop(self):
         cfg = get_config()
-        # Poll at a tenth of the cycle, at most every 1 ms when idle: MPI's own waits spin,
-        # and a spinning engine would take the core the caller computes on.
-        idle_sleep = min(cfg.cycle_time_ms / 1e3 / 10, 1e-3)
+        # While this rank waits for a response, poll every quarter cycle (a blocking MPI
+        # wait would spin a core the caller computes on). With nothing of its own in flight
+        # it has nothing to poll for: it sleeps until the next submission wakes it, or
+        # IDLE_WAKE seconds pass (the coordinator's stall inspector runs then). A 0.1 ms
+        # poll while idle cost about a quarter of the compute of 2 ranks on 2 cores
+        # (benchmarks/train_scaling.py, docs/benchmarks.md "Training").
+        poll = max(cfg.cycle_time_ms / 1e3 / 4, 50e-6)
         try:
             while self.running:
                 now = time.monotonic()
@@ -374,8 +382,14 @@ class Engine:
                 if self.abort_at is not None and now > self.abort_at:
                     sys.stderr.write("ringreduce: stall shutdown: ending the job\n")
                     _abort._abort(1)
-                if not busy:
-                    time.sleep(idle_sleep)
+                if busy:
+                    continue
+                if any(ch.pending or ch.submitted or ch.ready or ch.errors
+                       for ch in self.channels.values()):
+                    time.sleep(poll)
+                else:
+                    self.wakeup.wait(self.IDLE_WAKE)
+                    self.wakeup.clear()
         except Exception as exc:  # noqa: BLE001 - fail every handle, then let the hook abort
             self.error = exc
             for ch in self.channels.values():
@@ -385,6 +399,7 @@ class Engine:
 
     def stop(self):
         self.running = False
+        self.wakeup.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
         if self.timeline is not None:
