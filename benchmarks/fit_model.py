@@ -25,6 +25,7 @@ communication, so a lower bound).
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -142,8 +143,40 @@ def winners(net, p, algorithms):
     return " < ".join(out)
 
 
+RING_RULES = {
+    "fixed": lambda p: 512 << 10,
+    "x p / 4": lambda p: (512 << 10) * max(p, 4) / 4,
+    "x sqrt(p / 4)": lambda p: (512 << 10) * math.sqrt(max(p, 4) / 4),
+}
+
+
+def ring_rules():
+    """Time lost, by the model, when rhd and the ring are chosen at a threshold of 512 KiB
+    (AUTO_RING_BYTES) kept fixed or scaled with p, against the better of the two per size."""
+    lines = ["### The rhd-to-ring threshold beyond 4 ranks (8 ranks per node)", "",
+             "Time lost against the better of rhd and the ring, mean / worst over 32 KiB .. 1 GiB:",
+             "", "| network | ranks | " + " | ".join(f"512 KiB {r}" for r in RING_RULES) + " |",
+             "|---|---:|" + "---:|" * len(RING_RULES)]
+    for key in ("25gbe", "ib100"):
+        net = model.NETWORKS[key]
+        for p in (16, 64, 256, 1024):
+            cells = []
+            for rule in RING_RULES.values():
+                lost = []
+                for e in range(15, 31):
+                    n = 1 << e
+                    t_rhd = model.cluster_time("rhd", n, p // PER_NODE, PER_NODE, net)
+                    t_ring = model.cluster_time("ring", n, p // PER_NODE, PER_NODE, net)
+                    lost.append((t_rhd if n < rule(p) else t_ring) / min(t_rhd, t_ring) - 1)
+                cells.append(f"{np.mean(lost):.0%} / {max(lost):.0%}")
+            lines.append(f"| {net.name} | {p} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def scaling(markdown=None):
-    lines = ["### Which algorithm the model picks (message sizes 1 KiB to 1 GiB, 8 ranks per node)", ""]
+    lines = ring_rules()
+    lines += ["### Which algorithm the model picks (message sizes 1 KiB to 1 GiB, 8 ranks per node)", ""]
     lines += ["| network | ranks | flat algorithms only | with the two-level ones |", "|---|---:|---|---|"]
     for key in ("25gbe", "ib100"):
         for p in (16, 64, 256, 1024):

@@ -14,6 +14,7 @@ no separate negotiation (the piggy-backed header costs 24 bytes). Larger message
 header-only pass of lg p tiny exchanges, then run the algorithm every rank agreed on; any
 schedule decision ("auto", segment sizes) is taken after the header, from agreed values.
 """
+import math
 import struct
 
 import numpy as np
@@ -41,10 +42,20 @@ _DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 # exchanges; from RING on the ring's pipelined neighbour traffic wins; rhd in between.
 AUTO_SMALL_BYTES = 32 << 10
 AUTO_RING_BYTES = 512 << 10
-# All ranks on one node: from here on the shared-memory algorithm runs. At 2 ranks
-# (``mpiexec -n 2 python -m ringreduce.bench --sizes 32K 64K 256K 1M 16M 64M -a native ring
-# rhd shm``) shm beat rhd and the ring at every size from 32 KiB up.
+# All ranks on one node: from here on the shared-memory algorithm runs. Best of four runs of
+# ``mpiexec -n P python -m ringreduce.bench -b 1K -e 64M -f 4 -a native ring rhd doubling tree
+# shm`` (docs/benchmarks.md, "Cost model fit"): at 2 ranks shm was the fastest of the
+# library's algorithms from 64 KiB up but at 4 MiB (ring 0.97 ms, shm 1.06), and at 32 KiB
+# already ahead of rhd; at 3 and 4 ranks (more ranks than the 2 cores) it ties doubling at
+# 64 KiB and leads from 256 KiB up but at 64 MiB with 4 ranks.
 AUTO_SHM_BYTES = 32 << 10
+# Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
+# (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8
+# ranks per node: over 25 GbE and 100 Gb InfiniBand at 16 to 1,024 ranks ringreduce.model
+# (2-rank fit) loses at most 10% on average between 32 KiB and 1 GiB with the threshold
+# scaled by sqrt(p / 4), against up to 251% kept fixed and 35% scaled by p / 4
+# (``python benchmarks/fit_model.py --scaling``, docs/scaling.md).
+AUTO_RING_RANKS = 4
 # Largest payload that may ride with the header (explicit algorithm="doubling" included);
 # it sizes the two receive buffers kept per communicator.
 PIGGYBACK_CAP = 64 << 10
@@ -68,7 +79,7 @@ def choose_algorithm(nbytes, p, one_node=False):
         return "doubling"
     if one_node and nbytes >= AUTO_SHM_BYTES:
         return "shm"
-    if nbytes < AUTO_RING_BYTES:
+    if nbytes < AUTO_RING_BYTES * math.sqrt(max(p, AUTO_RING_RANKS) / AUTO_RING_RANKS):
         return "rhd"
     return "ring"
 

@@ -203,12 +203,12 @@ NETWORKS = {
 # the fit, its errors and the command lines are in docs/benchmarks.md ("Cost model fit").
 # gamma is the Numba sum kernel on float32 arrays of 64 MiB, per byte of dst.
 THIS_MACHINE = {
-    "native": Costs(alpha=1.37e-05, beta=6.25e-10, gamma=7.24e-11),
-    "ring": Costs(alpha=3.35e-05, beta=5.52e-10, gamma=7.24e-11),
-    "rhd": Costs(alpha=2.58e-05, beta=7.31e-10, gamma=7.24e-11),
-    "doubling": Costs(alpha=3.43e-05, beta=7.13e-10, gamma=7.24e-11),
-    "tree": Costs(alpha=1.99e-05, beta=4.36e-10, gamma=7.24e-11),
-    "shm": Costs(gamma=7.24e-11, barrier=2.52e-05, copy=3.1e-10),
+    "native": Costs(alpha=2.52e-06, beta=2.22e-10, gamma=7.21e-11),
+    "ring": Costs(alpha=8.31e-06, beta=1.42e-10, gamma=7.21e-11),
+    "rhd": Costs(alpha=6.08e-06, beta=1.98e-10, gamma=7.21e-11),
+    "doubling": Costs(alpha=9.13e-06, beta=2.22e-10, gamma=7.21e-11),
+    "tree": Costs(alpha=5.63e-06, beta=1.36e-10, gamma=7.21e-11),
+    "shm": Costs(gamma=7.21e-11, barrier=7.48e-06, copy=8.06e-11),
 }
 
 

@@ -130,26 +130,30 @@ def test_auto_uses_shm_on_one_node_for_large_messages(comm):
     assert choose_algorithm(64 << 20, 2, one_node=False) != "shm"
     assert choose_algorithm(AUTO_SHM_BYTES - 1, 2, one_node=True) != "shm"
     assert shm_mod.on_one_node(get_comm(comm))  # the suite runs on one machine
-
-
-@pytest.fixture
-def fake_nodes(monkeypatch):
-    """Stand in nodes of two ranks each (ranks 0-1, 2-3, ...) on this one machine: the window
-    still lives in real shared memory, only the grouping is made up."""
-    monkeypatch.setattr(shm_mod, "_split_node",
-                        lambda m: m.Split(m.Get_rank() // 2, m.Get_rank()))
+    if P == 1:
+        return
+    c = fresh_comm(comm)
+    x = np.full(AUTO_SHM_BYTES // 4, RANK + 1, np.float32)
+    got = rr.allreduce(x, comm=c)  # "auto"
+    np.testing.assert_array_equal(got, np.full_like(x, P * (P + 1) / 2))
+    assert shm_mod.state(get_comm(c)).window is not None, "auto did not run shm"
 
 
 @pytest.mark.mpi(min_size=2)
-def test_several_nodes(comm, fake_nodes):
-    """Two-level on equal nodes (the cross-node ring between shm rounds), the plain ring on
-    unequal ones: exact on integer data at every rank count, bitwise equal on every rank."""
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_several_nodes(comm, monkeypatch, per_node):
+    """Stand-in nodes of ``per_node`` consecutive ranks on this one machine (the windows still
+    live in real shared memory, only the grouping is made up). Equal nodes run two-level
+    (the cross-node ring between shm rounds); unequal ones the plain ring. Exact on integer
+    data at every rank count, bitwise equal on every rank."""
+    monkeypatch.setattr(shm_mod, "_split_node",
+                        lambda m: m.Split(m.Get_rank() // per_node, m.Get_rank()))
     c = fresh_comm(comm)
     st = shm_mod.state(get_comm(c))
-    nodes = -(-P // 2)
+    nodes = -(-P // per_node)
     assert st.nodes == nodes and st.one_node == (nodes == 1)
-    assert (st.cross is not None) == (nodes > 1 and P % 2 == 0)
-    assert not shm_mod.on_one_node(get_comm(c)) or P == 2
+    assert (st.cross is not None) == (nodes > 1 and P % per_node == 0)
+    assert shm_mod.on_one_node(get_comm(c)) == (nodes == 1)
     rng = np.random.default_rng([RANK, 3])
     for n, seg in [(1, 8), (P + 3, 8), (1000, 24), (5000, 1 << 20)]:
         x = rng.integers(-1000, 1000, n).astype(np.float64)
