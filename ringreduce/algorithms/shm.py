@@ -69,8 +69,10 @@ from mpi4py import MPI
 from numba import njit
 
 from .._comm import Comm
+from .._config import get_config
 from .._schedule import chunk_bounds
 from ..kernels.cpu import nb_max, nb_min, nb_prod, nb_sum
+from .hierarchical import split_nodes
 from .ring import ring
 
 # Bytes kept apart at the head of each rank's region for its barrier counter: two cache lines,
@@ -145,10 +147,12 @@ def _max_first(out, a, b):
 _FIRST = {nb_sum: _sum_first, nb_prod: _prod_first, nb_min: _min_first, nb_max: _max_first}
 
 
-def _split_node(mpi_comm):
-    """The node communicator of ``mpi_comm``, ranks in ``mpi_comm``'s order (collective).
-    Tests replace this to stand in several "nodes" on one machine."""
-    return mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=mpi_comm.Get_rank())
+def _split_node(comm):
+    """This rank's node as an mpi4py communicator in ``comm``'s rank order (collective): the
+    ranks that share memory, or with ``RINGREDUCE_LOCAL_SIZE=k`` stand-in nodes of k
+    consecutive ranks, as for algorithm="hierarchical", so that the two-level path can be run
+    and measured on one machine (the window still lives in real shared memory)."""
+    return split_nodes(comm, get_config().local_size)
 
 
 def _round_up(x, a=_ALIGN):
@@ -238,7 +242,7 @@ class _State:
 
     def __init__(self, comm):
         mpi = comm.mpi
-        node = _split_node(mpi)
+        node = _split_node(comm)
         # Everyone learns every rank's (node id, node size): the node id is the lowest
         # communicator rank on the node, so the same on all its ranks.
         lowest = node.allreduce(comm.rank, op=MPI.MIN)
