@@ -587,8 +587,12 @@ if __name__ == "__main__":
         # but a rank that exits while another waits in a collective would hang the job, so
         # with several ranks the first to fail aborts them all.
         print(f"rank {MPI.COMM_WORLD.Get_rank()}: error: {exc}", file=sys.stderr, flush=True)
-        if MPI.COMM_WORLD.Get_size() > 1:
+        if MPI.COMM_WORLD.Get_size() > 1 and not isinstance(exc, NonFiniteGradientError):
+            time.sleep(0.5)  # let the launcher forward the message before the job is torn down
             MPI.COMM_WORLD.Abort(1)
+        # A non-finite reduced gradient is identical on every rank, so every rank stops at
+        # the same step: a plain exit (MPI_Finalize on all ranks) ends the job cleanly, with
+        # every rank's message delivered.
         sys.exit(1)
     except BaseException:
         if MPI.COMM_WORLD.Get_size() > 1:
