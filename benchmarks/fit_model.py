@@ -9,10 +9,19 @@ predict the gradient sync of real models at scale from them.
 
 gamma (time per byte reduced) is measured here, with the library's float32 sum kernel on two
 64 MiB arrays, because the timings cannot separate it from beta: the ring and halving-doubling
-always send two bytes per byte they reduce. Everything else is fitted per algorithm over all
-rank counts at once (``model.fit``: least squares on relative residuals). The report gives, per
-algorithm and rank count, the median and the largest relative error of the fitted model, and
-the same for a model fitted on the 2-rank table alone and used to predict 3 and 4 ranks.
+always send two bytes per byte they reduce. Everything else is fitted per algorithm
+(``model.fit``: least squares on relative residuals), first on the tables where every rank has
+a core of its own (the parameters kept in ``model.THIS_MACHINE``), whose predictions for more
+ranks than cores add ``model.timeshare``, then on all tables at once. Repeated tables of one
+rank count are merged cell by cell, keeping the fastest. The report gives, per algorithm and
+rank count, the median and the largest relative error, and how much time auto's thresholds
+and the fitted model lose against the measured best.
+
+    RINGREDUCE_LOCAL_SIZE=2 mpiexec -n 4 python -m ringreduce.bench -b 1K -e 64M -f 4 \\
+        -a hierarchical shm --json local2.json
+    python benchmarks/fit_model.py --local-size 2 local2.json
+
+checks the composed two-level models on stand-in nodes of one machine.
 
     python benchmarks/fit_model.py --scaling [--markdown FILE]
 
@@ -113,9 +122,12 @@ def workloads():
 
 
 # The MLP's forward, backward and update for a batch of 1024 on one core of the development
-# machine: examples/train_mlp.py at 1 rank in the benchmarks/train_scaling.py setting.
-MLP_COMPUTE_S = 0.15
-MLP_COMPUTE_SOURCE = "batch 1024 per rank on one core of the development machine"
+# machine: OPENBLAS_NUM_THREADS=1 python examples/train_mlp.py --synthetic 16384 --features
+# 256 --hidden 1024,1024 --batch-size 1024 --epochs 1 (benchmarks/train_scaling.py's setting)
+# at 1 rank, compute + update per step from --metrics-out, best of three runs (0.206 s).
+MLP_COMPUTE_S = 0.206
+MLP_COMPUTE_SOURCE = ("batch 1024 per rank, one core of the development machine, "
+                      "examples/train_mlp.py")
 
 
 def sync_time(sizes, p, net, fusion, algorithms):
@@ -239,6 +251,33 @@ def auto_report(docs, fitted, cores):
     return lines
 
 
+def two_level(docs, local_size, cores, gamma=None):
+    """The composed models against tables measured with RINGREDUCE_LOCAL_SIZE=k: stand-in
+    nodes on one machine, so the "network" between them is this machine's own shared memory
+    (no wire: the fitted costs alone)."""
+    same_box = model.Network("one machine", 0.0, 0.0, "the fitted costs alone")
+    costs = dict(model.THIS_MACHINE)
+    names = {"hierarchical": "hierarchical", "shm": "shm2"}
+    lines = [f"Two-level algorithms on stand-in nodes of {local_size} ranks "
+             "(RINGREDUCE_LOCAL_SIZE), measured vs ringreduce.model (THIS_MACHINE):", "",
+             "| ranks | size | algorithm | measured (us) | predicted (us) | error |",
+             "|---:|---:|---|---:|---:|---:|"]
+    for d in docs:
+        p = d["ranks"]
+        nodes, k = p // local_size, local_size
+        for row in d["rows"]:
+            for spec, name in names.items():
+                res = row["results"].get(spec)
+                if res is None:
+                    continue
+                t = res["time_us"]
+                pred = model.cluster_time(name, row["bytes"], nodes, k, same_box, costs) \
+                    * model.timeshare(p, cores) * 1e6
+                lines.append(f"| {p} | {model._fmt_size(row['bytes'])} | {spec} | {t:.0f} | "
+                             f"{pred:.0f} | {(pred - t) / t:+.0%} |")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tables", nargs="*", help="ringreduce.bench --json outputs")
@@ -249,9 +288,20 @@ def main(argv=None):
     ap.add_argument("--json", help="write the fitted parameters and errors here")
     ap.add_argument("--cores", type=int, default=os.cpu_count(),
                     help="cores of the machine the tables come from (default: this one's)")
+    ap.add_argument("--local-size", type=int,
+                    help="the tables were measured with RINGREDUCE_LOCAL_SIZE=this: check the "
+                         "two-level models against them instead of fitting")
     args = ap.parse_args(argv)
     if args.scaling:
         return scaling(args.markdown)
+    if args.local_size:
+        text = "\n".join(two_level(merge([json.load(open(f)) for f in args.tables]),
+                                    args.local_size, args.cores))
+        print(text)
+        if args.markdown:
+            with open(args.markdown, "a") as f:
+                f.write(text + "\n")
+        return 0
     if not args.tables:
         ap.error("give ringreduce.bench --json outputs to fit, or --scaling")
     docs = merge([json.load(open(f)) for f in args.tables])

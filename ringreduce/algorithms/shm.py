@@ -84,9 +84,9 @@ _ALIGN = 64
 _MIN_BLOCK_BYTES = 64 << 10
 # Largest block unless segment_bytes asks for more: every rank keeps two blocks in the
 # window, so this bounds its shared memory to about 16 MiB. Blocks of one segment per rank
-# (2 MiB at 2 ranks) beat blocks of one segment, and with more ranks than cores larger
-# blocks win by more, since every round ends in a barrier that waits for every rank to get a
-# core (docs/benchmarks.md, "Shared-memory allreduce", block sizes).
+# (2 MiB at 2 ranks) beat blocks of one segment (1 MiB) at 16 and 64 MiB by 7-12% and tied
+# at 4 MiB; 4 MiB blocks lost 8-17% (docs/benchmarks.md, "Shared-memory allreduce", block
+# size; fewer rounds also mean fewer barriers, each a wait for every rank to get a core).
 _MAX_BLOCK_BYTES = 8 << 20
 # A waiting rank first spins (the peers are usually a few microseconds away), then yields its
 # core, then naps: with more ranks than cores, or other jobs on the node, a spinning rank
