@@ -11,13 +11,12 @@ and prints each as a ratio to the two native figures. float32, op sum.
 """
 import argparse
 import sys
-import time
 
 import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce.bench import parse_size
+from ringreduce.bench import parse_size, time_interleaved
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from shapes import count, resnet50, transformer  # noqa: E402
@@ -58,20 +57,7 @@ def main():
     for cap in args.caps:
         runs[f"grouped cap {cap >> 20} MiB"] = grouped(cap)
     rr.init()
-    for _ in range(args.warmup):
-        for fn in runs.values():
-            fn()
-    times = {k: np.empty(args.iters) for k in runs}
-    for it in range(args.iters):
-        for k, fn in runs.items():
-            comm.Barrier()
-            t0 = time.perf_counter()
-            fn()
-            times[k][it] = time.perf_counter() - t0
-    med = {}
-    for k, t in times.items():
-        comm.Allreduce(MPI.IN_PLACE, t, op=MPI.MAX)
-        med[k] = float(np.median(t))
+    med = time_interleaved(comm, runs, args.iters, args.warmup)
     # correctness of the last grouped run: compare with the native result on the same data
     check = [g.copy() for g in grads]
     rr.grouped_allreduce(check, inplace=True, fusion_threshold=args.caps[0])

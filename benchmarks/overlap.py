@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
+from ringreduce.bench import time_interleaved
 
 
 def main():
@@ -61,17 +62,7 @@ def main():
 
     runs = {"compute alone": lambda: compute(reps), "communication alone": communicate,
             "sequential": lambda: (compute(reps), communicate()), "overlapped": overlapped}
-    times = {k: np.empty(args.iters) for k in runs}
-    for it in range(args.iters):
-        for k, fn in runs.items():
-            comm.Barrier()
-            t0 = time.perf_counter()
-            fn()
-            times[k][it] = time.perf_counter() - t0
-    med = {}
-    for k, t in times.items():
-        comm.Allreduce(MPI.IN_PLACE, t, op=MPI.MAX)
-        med[k] = float(np.median(t))
+    med = time_interleaved(comm, runs, args.iters, warmup=0)
     if rank == 0:
         longer = max(med["compute alone"], med["communication alone"])
         title = (f"{p} ranks, allreduce_async of {args.mib:g} MiB float32, compute = {reps} "

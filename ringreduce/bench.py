@@ -82,27 +82,34 @@ def count_wrong(name, seg, comm, n, dtype, op):
     return int(wrong[0])
 
 
+def time_interleaved(comm, runs, iters, warmup):
+    """Median seconds of each callable in ``runs`` (a dict), timed in turn so drift hits all
+    alike: ``warmup`` untimed rounds, then ``iters`` rounds of barrier, call, stop the clock.
+    A call lasts as long as its slowest rank. Collective: every rank passes the same keys."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times = {k: np.empty(iters) for k in runs}
+    for it in range(iters):
+        for k, run in runs.items():
+            comm.Barrier()
+            t0 = time.perf_counter()
+            run()
+            times[k][it] = time.perf_counter() - t0
+    med = {}
+    for k, t in times.items():
+        comm.Allreduce(MPI.IN_PLACE, t, op=MPI.MAX)
+        med[k] = float(np.median(t))
+    return med
+
+
 def time_size(algs, comm, nbytes, dtype, op, iters, warmup):
     n = nbytes // dtype.itemsize
     rng = np.random.default_rng(comm.Get_rank())
     x = rng.standard_normal(n).astype(dtype)
     outs = {spec: np.empty_like(x) for spec, _, _ in algs}
     runners = {spec: make_runner(name, seg, comm, x, outs[spec], op) for spec, name, seg in algs}
-    for _ in range(warmup):
-        for spec in runners:
-            runners[spec]()
-    times = {spec: np.empty(iters) for spec in runners}
-    for it in range(iters):
-        for spec, run in runners.items():
-            comm.Barrier()
-            t0 = time.perf_counter()
-            run()
-            times[spec][it] = time.perf_counter() - t0
-    med = {}
-    for spec, t in times.items():
-        comm.Allreduce(MPI.IN_PLACE, t, op=MPI.MAX)  # a call lasts as long as its slowest rank
-        med[spec] = float(np.median(t))
-    return n, med
+    return n, time_interleaved(comm, runners, iters, warmup)
 
 
 def time_memcpy(nbytes, iters):
