@@ -18,39 +18,20 @@ instead of stalling the suite. Under mpiexec these tests are skipped: they launc
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
+from _jobs import mpirun
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "examples", "train_mlp.py")
 SMALL = ["--synthetic", "66", "--features", "12", "--hidden", "16,8", "--batch-size", "16",
          "--epochs", "3", "--no-progress"]
-TIMEOUT = 120  # seconds per job; a small job takes a few seconds even at 4 ranks on 2 cores
 
 pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.Get_size() > 1,
                                 reason="starts its own mpiexec jobs; run under plain pytest")
-
-
-def mpirun(n, args, *, script=SCRIPT, expect_ok=True, timeout=TIMEOUT):
-    """Run ``mpiexec -n n python script args``; return (returncode, stdout, stderr)."""
-    cmd = ["mpiexec", "-n", str(n), sys.executable, *([script] if script else []), *args]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}")
-    return proc.returncode, out, err
 
 
 def train(tmp, n, *extra, name="run"):
