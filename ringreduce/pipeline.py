@@ -271,6 +271,25 @@ class CountingComm:
         self.mpi.Free()
 
 
+def new_timed():
+    """The per-rank step accounts that ``record_step`` adds to and ``_rank_summary`` reads."""
+    return {"steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0, "update": 0.0,
+            "sent": 0, "received": 0}
+
+
+def record_step(timed, link, before, samples, seconds, update=0.0):
+    """Add one timed step to ``timed``; ``before`` is ``link.counters()`` from its start."""
+    sent0, recv0, wait0 = before
+    sent1, recv1, wait1 = link.counters()
+    timed["steps"] += 1
+    timed["samples"] += samples
+    timed["seconds"] += seconds
+    timed["wait"] += wait1 - wait0
+    timed["update"] += update
+    timed["sent"] += sent1 - sent0
+    timed["received"] += recv1 - recv0
+
+
 def warm_up_optimizer(make_optimizer, dtype):
     """Compile the optimizer's Numba kernels for ``dtype`` now, on a one-element scratch
     parameter. Otherwise one rank's first update compiles them (seconds), and the ranks waiting
@@ -402,8 +421,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
     width_in, width_out = sizes[first], sizes[stop]
 
     losses = []            # the last stage's global loss of every step
-    timed = {"steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0, "update": 0.0,
-             "sent": 0, "received": 0}
+    timed = new_timed()
     step = epoch = 0
     run_start = time.perf_counter()
     while step < total_steps:
@@ -411,7 +429,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
             if step >= total_steps:
                 break
             t0 = time.perf_counter()
-            sent0, recv0, wait0 = link.counters()
+            before = link.counters()
             micro = chunk_bounds(len(idx), n_micro)
             for g in grads:
                 g.fill(0)
@@ -456,14 +474,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
             t2 = time.perf_counter()
             losses.append(loss)
             if step > 0:  # the first step compiles the Numba optimizer kernels: not timed
-                sent1, recv1, wait1 = link.counters()
-                timed["steps"] += 1
-                timed["samples"] += batch_size
-                timed["seconds"] += t2 - t0
-                timed["wait"] += wait1 - wait0
-                timed["update"] += t2 - t1
-                timed["sent"] += sent1 - sent0
-                timed["received"] += recv1 - recv0
+                record_step(timed, link, before, batch_size, t2 - t0, t2 - t1)
             step += 1
         epoch += 1
     wall = time.perf_counter() - run_start

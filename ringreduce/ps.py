@@ -45,7 +45,8 @@ import numpy as np
 
 from ._schedule import chunk_bounds
 from .pipeline import (CountingComm, _rank_summary, _step_times, check_memory_budget,
-                       layer_parameter_counts, memory_bytes, warm_up_optimizer)
+                       layer_parameter_counts, memory_bytes, new_timed, record_step,
+                       warm_up_optimizer)
 from .training import NonFiniteGradientError
 
 __all__ = ["shard_bounds", "roles", "flatten_parameters", "memory_estimates", "train_ps"]
@@ -175,8 +176,7 @@ def _train_ps(link, model, buffers, loss_fn, x_train, y_train, x_test, y_test, b
               server_ranks, sampler, total_steps, make_optimizer, lr_at):
     """The loops; ``buffers``: a server's shard, or a worker's ``(flat, offsets)``."""
     is_server = model is None
-    timed = {"steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0, "update": 0.0,
-             "sent": 0, "received": 0}
+    timed = new_timed()
     run_start = time.perf_counter()
     if is_server:
         role = _serve(link, buffers, bounds, workers, server_ranks, total_steps, make_optimizer,
@@ -232,7 +232,7 @@ def _serve(link, shard, bounds, workers, server_ranks, total_steps, make_optimiz
     batch_sizes = _batch_sizes(sampler, total_steps)
     for step in range(total_steps):
         t0 = time.perf_counter()
-        sent0, recv0, wait0 = link.counters()
+        before = link.counters()
         # Pull: the current shard to every worker. Waited for before the update below changes
         # the shard (each worker has already posted its receive, so this does not block long).
         link.waitall([link.isend(shard, w, TAG_PULL) for w in workers])
@@ -249,14 +249,7 @@ def _serve(link, shard, bounds, workers, server_ranks, total_steps, make_optimiz
         opt.step([summed])
         t2 = time.perf_counter()
         if step > 0:  # the first step compiles the Numba optimizer kernels: not timed
-            sent1, recv1, wait1 = link.counters()
-            timed["steps"] += 1
-            timed["samples"] += batch_sizes[step]
-            timed["seconds"] += t2 - t0
-            timed["wait"] += wait1 - wait0
-            timed["update"] += t2 - t1
-            timed["sent"] += sent1 - sent0
-            timed["received"] += recv1 - recv0
+            record_step(timed, link, before, batch_sizes[step], t2 - t0, t2 - t1)
     link.waitall([link.isend(shard, w, TAG_PULL) for w in workers])  # the final parameters
     return f"server {s} (elements {lo}..{hi - 1})"
 
@@ -282,7 +275,7 @@ def _work(link, model, flat, offsets, loss_fn, x_train, y_train, bounds, workers
             if step >= total_steps:
                 break
             t0 = time.perf_counter()
-            sent0, recv0, wait0 = link.counters()
+            before = link.counters()
             link.waitall(pending)  # this step's parameters (and last step's push delivered)
             a, b = chunk_bounds(len(batch), len(workers))[w]
             idx = batch[a:b]
@@ -298,13 +291,7 @@ def _work(link, model, flat, offsets, loss_fn, x_train, y_train, bounds, workers
             t1 = time.perf_counter()
             losses.append(loss)
             if step > 0:  # as the servers: the first step is not timed
-                sent1, recv1, wait1 = link.counters()
-                timed["steps"] += 1
-                timed["samples"] += batch_size
-                timed["seconds"] += t1 - t0
-                timed["wait"] += wait1 - wait0
-                timed["sent"] += sent1 - sent0
-                timed["received"] += recv1 - recv0
+                record_step(timed, link, before, batch_size, t1 - t0)
             step += 1
         epoch += 1
     link.waitall(pending)  # the final parameters
