@@ -97,8 +97,8 @@ def test_uncaught_exception_on_one_rank_ends_job_quickly(tmp_path):
     assert "rank 0 finished" not in out
 
 
-def test_bad_variable_is_an_error_on_every_rank(tmp_path):
-    rc, out, _ = run_job(tmp_path, """
+# One allreduce; each rank prints the ValueError it got, on a line of its own.
+REPORT_VALUE_ERROR = """
         import numpy as np, ringreduce as rr
         from mpi4py import MPI
         rank = MPI.COMM_WORLD.Get_rank()
@@ -106,26 +106,28 @@ def test_bad_variable_is_an_error_on_every_rank(tmp_path):
             rr.allreduce(np.ones(3))
         except ValueError as exc:
             print(f"rank {rank} ValueError: {exc}", flush=True)
-    """, env={"RINGREDUCE_FUSION_THRESHOLD": "abc"})
+"""
+
+
+def value_error_line(out, rank):
+    """The line rank ``rank`` printed for its ValueError, or "" if it printed none."""
+    return next((l for l in out.splitlines() if l.startswith(f"rank {rank} ValueError")), "")
+
+
+def test_bad_variable_is_an_error_on_every_rank(tmp_path):
+    rc, out, _ = run_job(tmp_path, REPORT_VALUE_ERROR, env={"RINGREDUCE_FUSION_THRESHOLD": "abc"})
     assert rc == 0, out
     for r in (0, 1):
-        line = next((l for l in out.splitlines() if l.startswith(f"rank {r} ValueError")), "")
+        line = value_error_line(out, r)
         assert "RINGREDUCE_FUSION_THRESHOLD='abc'" in line and "whole number of bytes" in line
 
 
 def test_ranks_with_different_settings_are_told(tmp_path):
-    rc, out, _ = run_job(tmp_path, """
-        import numpy as np, ringreduce as rr
-        from mpi4py import MPI
-        rank = MPI.COMM_WORLD.Get_rank()
-        try:
-            rr.allreduce(np.ones(3))
-        except ValueError as exc:
-            print(f"rank {rank} ValueError: {exc}", flush=True)
-    """, sections=[(1, {"RINGREDUCE_CYCLE_TIME_MS": "2"}), (1, {})])
+    rc, out, _ = run_job(tmp_path, REPORT_VALUE_ERROR,
+                         sections=[(1, {"RINGREDUCE_CYCLE_TIME_MS": "2"}), (1, {})])
     assert rc == 0, out
     for r in (0, 1):
-        line = next((l for l in out.splitlines() if l.startswith(f"rank {r} ValueError")), "")
+        line = value_error_line(out, r)
         assert "RINGREDUCE_CYCLE_TIME_MS" in line and "different" in line
         assert "2.0" in line and "5.0" in line
 
