@@ -84,6 +84,12 @@ class _Entry:
                  "seg", "handle", "meta", "submitted", "ready_time")
     memory = "host"  # device arrays come as _device.DeviceEntry, reduced apart from these
 
+    def finish(self):
+        """Copy the result into a non-contiguous ``out`` if needed; complete the handle."""
+        if self.target is not None and not np.shares_memory(self.flat_out, self.target):
+            self.target[...] = self.flat_out.reshape(self.target.shape)
+        self.handle._finish()
+
 
 class _Channel:
     """Engine state for one user communicator."""
@@ -317,15 +323,6 @@ _T0_PC = time.perf_counter()
 def _pc(mono):
     """A time.monotonic() stamp on the perf_counter clock (for the timeline)."""
     return mono - _T0_MONO + _T0_PC
-
-
-def _entry_finish(self):
-    if self.target is not None and not np.shares_memory(self.flat_out, self.target):
-        self.target[...] = self.flat_out.reshape(self.target.shape)
-    self.handle._finish()
-
-
-_Entry.finish = _entry_finish
 
 
 class Engine:
