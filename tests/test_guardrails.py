@@ -4,12 +4,13 @@ so a hang fails the test instead of stalling the suite."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
+
+import _jobs
 
 MPIEXEC = shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
@@ -37,9 +38,8 @@ def run_job(tmp_path, script, n=2, env=None, timeout=90, sections=None):
     else:
         cmd = [MPIEXEC, "-n", str(n), sys.executable, str(path)]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+    rc, out, err = _jobs.run_job(cmd, env=full_env, timeout=timeout)
+    return rc, out + err, time.monotonic() - start
 
 
 def test_stall_warning_names_missing_rank_and_tensor(tmp_path):

@@ -14,11 +14,11 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 
 import pytest
+
+from _jobs import run_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A job takes a few seconds; the limits are for a hang. Hydra's own MPIEXEC_TIMEOUT comes
@@ -88,15 +88,8 @@ def _run(cmd, tmp_path):
     env["MPIEXEC_TIMEOUT"] = str(MPIEXEC_TIMEOUT_S)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the job did not finish in {JOB_TIMEOUT_S} s:\n{output[-5000:]}")
-    return proc.returncode, output
+    rc, out, err = run_job(cmd, env=env, cwd=tmp_path, timeout=JOB_TIMEOUT_S)
+    return rc, out + err
 
 
 @pytest.mark.parametrize("ranks,local_size,nodes,mode", [

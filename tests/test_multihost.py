@@ -24,10 +24,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
+
+from _jobs import run_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADDRESSES = ("10.231.0.1", "10.231.0.2")
@@ -199,19 +200,6 @@ if comm.rank == 0:
 """
 
 
-def _run_job(cmd, env, cwd):
-    """Run `cmd` in its own session; on timeout kill the session and fail."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the job did not finish in {JOB_TIMEOUT_S} s:\n{output[-5000:]}")
-    return proc.returncode, output
-
-
 def test_allreduce_across_two_namespaces(namespaces, tmp_path):
     log = tmp_path / "fake-ssh.log"
     cases = "\n".join(f"  {address}) ns={ns} ;;" for address, ns in zip(ADDRESSES, namespaces))
@@ -237,7 +225,8 @@ def test_allreduce_across_two_namespaces(namespaces, tmp_path):
            "--env", f"FI_TCP_IFACE={IFACE}",
            sys.executable, "-m", "mpi4py", str(job), ",".join(ADDRESSES), IFACE]
     started = time.monotonic()
-    rc, output = _run_job(cmd, env, REPO)
+    rc, out, err = run_job(cmd, env=env, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    output = out + err
     elapsed = time.monotonic() - started
     assert rc == 0, f"the job failed ({rc}) after {elapsed:.1f} s:\n{output[-5000:]}"
     lines = [line for line in output.splitlines() if line.startswith("MULTIHOST-RESULT ")]
