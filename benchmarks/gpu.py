@@ -466,6 +466,12 @@ def run_allreduce_jobs(args):
     if mpiexec is None:
         print("benchmarks/gpu.py: --allreduce-ranks needs mpiexec on PATH", file=sys.stderr)
         return 1
+    # The kernels above load from a bare checkout; the jobs import the package itself.
+    if importlib.util.find_spec("ringreduce") is None:
+        print("benchmarks/gpu.py: --allreduce-ranks needs ringreduce installed (from the "
+              "checkout, offline: python3 -m pip install --no-deps --no-build-isolation -e .)",
+              file=sys.stderr)
+        return 1
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as fh:
             fh.write("\n## Device-array allreduce against host MPI_Allreduce\n")

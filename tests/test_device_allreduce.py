@@ -12,13 +12,14 @@ test instead of stalling the suite. Under mpiexec these tests skip: they start t
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mpi4py import MPI
+
+from _jobs import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ROOT / "tests" / "_device_sim_checks.py"
@@ -43,24 +44,17 @@ def child_env(simulator, **extra):
     return env
 
 
-def run_job(cmd, env, timeout=JOB_TIMEOUT_S):
-    """Run ``cmd``; (returncode, stdout + stderr). A job past ``timeout`` fails the test."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(map(str, cmd))} hung for {timeout} s:\n{out[-6000:]}")
-    return proc.returncode, out
+def run(cmd, env, timeout=JOB_TIMEOUT_S):
+    """``_jobs.run_job`` in the checkout: (returncode, stdout + stderr)."""
+    rc, out, err = run_job(cmd, env=env, timeout=timeout)
+    return rc, out + err
 
 
 def run_checks(ranks, simulator, expect_aware=None, timeout=JOB_TIMEOUT_S, **env):
     cmd = ["mpiexec", "-n", str(ranks), sys.executable, str(CHECKS)]
     if expect_aware is not None:
         cmd += ["--expect-aware", str(int(expect_aware))]
-    rc, out = run_job(cmd, child_env(simulator, **env), timeout)
+    rc, out = run(cmd, child_env(simulator, **env), timeout)
     assert rc == 0, out[-8000:]
     summary = re.search(r"device checks: (\d+) of (\d+) passed on (\d+) ranks", out)
     assert summary, out[-4000:]
@@ -130,7 +124,7 @@ print("refused politely")
 
 
 def test_without_numba_cuda_the_host_path_works_and_device_arrays_are_refused():
-    rc, out = run_job([sys.executable, "-c", NO_NUMBA_CUDA], child_env(False), timeout=120)
+    rc, out = run([sys.executable, "-c", NO_NUMBA_CUDA], child_env(False), timeout=120)
     assert rc == 0 and "refused politely" in out, out[-4000:]
 
 
@@ -140,5 +134,22 @@ def test_importing_and_host_allreduce_do_not_load_numba_cuda():
             "rr.allreduce(np.ones(3)); rr.grouped_allreduce([np.ones(2), np.ones(3)])\n"
             "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'\n"
             "print('host only')\n")
-    rc, out = run_job([sys.executable, "-c", code], child_env(False), timeout=120)
+    rc, out = run([sys.executable, "-c", code], child_env(False), timeout=120)
     assert rc == 0 and "host only" in out, out[-4000:]
+
+
+def test_gpu_benchmark_script_runs_under_the_simulator():
+    """benchmarks/gpu.py is what a GPU machine runs, often once and offline: its checks, its
+    tables and its allreduce jobs at 2 and 4 ranks must work before it gets there."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--size-mib", "0.01",
+           "--check-n", "300", "--blocks", "2", "--threads", "32", "--warmup", "1",
+           "--repeat", "2", "--allreduce-ranks", "2", "4", "--allreduce-sizes-mib", "0.001",
+           "0.004", "--allreduce-repeat", "2", "--seed", "1"]
+    rc, out = run(cmd, child_env(True))
+    assert rc == 0, out[-8000:]
+    checks = re.search(r"all (\d+) checks passed", out)
+    assert checks and int(checks.group(1)) > 50, out[-4000:]
+    assert "| reduce sum |" in out and "| sgd momentum |" in out, out[-4000:]
+    for ranks in (2, 4):
+        assert f"{ranks} ranks on one CUDA simulator" in out, out[-4000:]
+    assert out.count("| 4.09375 KiB |") == 2, out[-4000:]
