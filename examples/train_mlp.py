@@ -18,6 +18,7 @@ Other runs:
   mpiexec -n 2 python examples/train_mlp.py --checkpoint-dir ckpt --max-steps 100
   mpiexec -n 2 python examples/train_mlp.py --checkpoint-dir ckpt --resume   # goes on
   mpiexec -n 3 python examples/train_mlp.py --mode ps --servers 1    # 2 workers, 1 server
+  mpiexec -n 3 python examples/train_mlp.py --mode ps --staleness 2  # asynchronous, SSP
   mpiexec -n 3 python examples/train_mlp.py --mode pipeline --hidden 128,64 --micro-batches 4
 
 --mode ps (ringreduce/ps.py): the last --servers ranks own shards of the parameters and run the
@@ -25,7 +26,10 @@ optimizer; the other ranks compute gradients, push them and pull the parameters 
 --mode pipeline (ringreduce/pipeline.py): each rank holds a contiguous run of layers, and the
 micro-batches of each batch flow through them (GPipe). Both train the same model with the same
 data, optimizer and schedule as data parallel, and reach the parameters one rank would.
-docs/architectures.md compares the three.
+--mode ps --staleness K (K >= 1) is the exception: a server applies each worker's gradient as
+it arrives, and a worker may compute with parameters up to K steps behind the slowest worker's
+(Stale Synchronous Parallel), so workers wait less but the run no longer equals one rank.
+docs/architectures.md compares them.
 
 --batch-size is the global batch: N ranks with batch B train exactly as one rank with batch B
 (up to the order of floating-point additions), so hyper-parameters do not change with the rank
@@ -113,6 +117,11 @@ def parse_args(argv):
                         "the layers split across ranks (default dp)")
     a.add_argument("--servers", type=int, default=1, metavar="S",
                    help="--mode ps: how many ranks (the last ones) serve the parameters")
+    a.add_argument("--staleness", type=int, default=0, metavar="K",
+                   help="--mode ps: 0 (default) is synchronous, equal to one rank; K >= 1 is "
+                        "asynchronous: servers apply each worker's gradient as it arrives, "
+                        "and a worker computes step c only once every worker has pushed "
+                        "step c - K - 1 (staleness at most K steps; the metrics report it)")
     a.add_argument("--micro-batches", type=int, default=4, metavar="M",
                    help="--mode pipeline: micro-batches per global batch")
     a.add_argument("--memory-budget-mb", type=float, metavar="MIB",
@@ -152,6 +161,10 @@ def parse_args(argv):
     if args.servers < 1 or args.micro_batches < 1:
         bad(f"--servers and --micro-batches must be >= 1, got {args.servers} and "
             f"{args.micro_batches}")
+    if args.staleness < 0:
+        bad(f"--staleness must be >= 0 (0: synchronous), got {args.staleness}")
+    if args.staleness and args.mode != "ps":
+        bad(f"--staleness is for --mode ps only, got --mode {args.mode}")
     if args.memory_budget_mb is not None and args.memory_budget_mb <= 0:
         bad(f"--memory-budget-mb must be > 0, got {args.memory_budget_mb}")
     if args.mode != "dp":
@@ -262,20 +275,27 @@ def train_ps_or_pipeline(args, sizes, dtype, x_train, y_train, x_test, y_test, d
                   memory_budget_bytes=(args.memory_budget_mb * 2**20
                                        if args.memory_budget_mb is not None else None))
     if master and not args.no_progress:
-        how = (f"{args.servers} server(s), {world - args.servers} worker(s)"
+        how = (f"{args.servers} server(s), {world - args.servers} worker(s), "
+               + (f"staleness <= {args.staleness}" if args.staleness else "synchronous")
                if args.mode == "ps" else f"{args.micro_batches} micro-batches")
         print(f"{data_name}: {len(x_train)} train / {len(x_test)} test, model {sizes} {dtype}, "
               f"--mode {args.mode} on {world} rank(s): {how}, global batch {args.batch_size}, "
               f"{total_steps} steps", flush=True)
-    if args.mode == "ps":
-        metrics, params = train_ps(sizes, lambda: MLP(sizes, dtype=dtype, seed=args.seed),
-                                   softmax_cross_entropy, x_train, y_train, x_test, y_test,
-                                   servers=args.servers, **common)
-    else:
-        metrics, params = train_pipeline(sizes, softmax_cross_entropy, x_train, y_train, x_test,
-                                         y_test, micro_batches=args.micro_batches,
-                                         seed=args.seed, gather_params=bool(args.save_params),
-                                         **common)
+    try:
+        if args.mode == "ps":
+            metrics, params = train_ps(sizes, lambda: MLP(sizes, dtype=dtype, seed=args.seed),
+                                       softmax_cross_entropy, x_train, y_train, x_test, y_test,
+                                       servers=args.servers, staleness=args.staleness, **common)
+        else:
+            metrics, params = train_pipeline(sizes, softmax_cross_entropy, x_train, y_train,
+                                             x_test, y_test, micro_batches=args.micro_batches,
+                                             seed=args.seed,
+                                             gather_params=bool(args.save_params), **common)
+    except NonFiniteGradientError as exc:
+        # Unlike data parallel, only the ranks that update (a server, a stage) see the bad
+        # gradient; the others would wait for them forever, so the whole job must end: a
+        # RuntimeError aborts every rank (below, at the end of the file).
+        raise RuntimeError(str(exc)) from exc
     if not master:
         return 0
     if args.save_params:

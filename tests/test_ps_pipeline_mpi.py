@@ -6,8 +6,8 @@ samples, so some workers or micro-batches get none):
 
 - ``--mode ps`` ends with the parameters of one data-parallel rank (float64, relative
   difference below 1e-10), with 1 server and 1, 2 or 3 workers (with 3, a worker gets no
-  sample of the 2-sample step), 2 servers and 2 workers (shards split a layer), and with
-  Adam's state kept on the servers;
+  sample of the 2-sample step), 2 servers and 2 workers (shards split a layer), with
+  Adam's state kept on the servers, and with ``--staleness 0`` given explicitly;
 - ``--mode pipeline`` does the same at 2 and 3 stages, with micro-batch counts that do not
   divide the batch (and so leave a micro-batch of the last step empty);
 - a memory budget that one rank exceeds is refused with a clear error, and the same budget
@@ -91,6 +91,14 @@ def test_parameter_server_matches_one_rank(tmp_path, one_rank, n, servers, optim
         assert rank["bytes_sent_per_step"] == m["formula_bytes_sent_per_step"][r]
     assert m["per_rank"][0]["bytes_sent_per_step"] == n_bytes
     assert m["per_rank"][0]["bytes_received_per_step"] == n_bytes
+
+
+def test_parameter_server_with_staleness_0_matches_one_rank(tmp_path, one_rank):
+    # --staleness 0 named explicitly is the synchronous server (tests/test_ps_async.py has the
+    # asynchronous one).
+    got, m = train(tmp_path, 3, *SMALL, "--nesterov", "--mode", "ps", "--staleness", "0")
+    check_against(one_rank["sgd"], got, m, 3)
+    assert m["staleness_bound"] == 0 and m["staleness_observed"] == {"max": 0, "mean": 0.0}
 
 
 @pytest.mark.parametrize("n,micro", [(2, 4), (3, 3), (3, 1)])
