@@ -249,34 +249,16 @@ def run_algorithm(c, name, flat_in, flat_out, reduce, seg_bytes):
     ALGORITHMS[name](c, flat_in, flat_out, reduce, max(1, seg_bytes // flat_in.dtype.itemsize))
 
 
-# The header pass's actions (``doubling_plan``'s names) as numbers, in an order that lets
-# the loop tell the steps that combine (EXCHANGE and above) from those that only move data.
-_SEND, _TAKE, _EXCHANGE, _ABSORB = range(4)
-_ACTION_CODE = {"give": _SEND, "return": _SEND, "take": _TAKE, "exchange": _EXCHANGE,
-                "absorb": _ABSORB}
-
-
 class _HeaderState:
-    """Per-communicator state of the header pass, all cached because a small call's time is
-    mostly per-call Python work: the plan, two message buffers (each the header followed by
-    up to PIGGYBACK_CAP payload bytes), typed views of their payloads, and the pass's
-    messages as persistent MPI requests.
-
-    A step sends from one buffer and receives into the other, and which one holds this rank's
-    partial result can swap after a combining step (see :func:`_negotiate`), so requests are
-    made per (step, buffer holding the result, message size), on first use. A training loop
-    calls with a few sizes over and over; should a program use very many, the table is freed
-    and started afresh once it holds ``MAX_REQUEST_SETS`` entries.
-    """
-    MAX_REQUEST_SETS = 256
+    """Per-communicator state of the header pass: its plan, two message buffers (each the
+    header followed by up to PIGGYBACK_CAP payload bytes) and typed views of their payloads,
+    cached because small calls are dominated by such per-call Python overhead."""
 
     def __init__(self, c):
-        self.c = c
-        self.plan = [(_ACTION_CODE[a], peer) for a, peer in doubling_plan(c.rank, c.size)]
+        self.plan = doubling_plan(c.rank, c.size)
         self.bufs = (np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8),
                      np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
         self.views = {}
-        self.requests = {}
 
     def payload(self, dtype, n):
         v = self.views.get((dtype, n))
@@ -285,32 +267,6 @@ class _HeaderState:
             v = self.views[(dtype, n)] = tuple(
                 b[h:h + n * dtype.itemsize].view(dtype) for b in self.bufs)
         return v
-
-    def step_requests(self, step, b, size):
-        """The persistent requests of plan step ``step`` for a message of ``size`` bytes,
-        when ``bufs[b]`` holds this rank's partial result (it sends from ``bufs[b]`` and
-        receives into the other; a ``take`` receives the final result into ``bufs[b]``)."""
-        key = (step, b, size)
-        reqs = self.requests.get(key)
-        if reqs is not None:
-            return reqs
-        if len(self.requests) >= self.MAX_REQUEST_SETS:
-            for old in self.requests.values():
-                for r in old:
-                    r.Free()
-            self.requests.clear()
-        c, (action, peer) = self.c, self.plan[step]
-        mine, theirs = self.bufs[b], self.bufs[1 - b]
-        if action == _SEND:
-            reqs = [c.send_init(mine[:size], peer, TAG_FOLD)]
-        elif action == _TAKE:
-            reqs = [c.recv_init(mine, peer, TAG_FOLD)]
-        elif action == _EXCHANGE:
-            reqs = [c.recv_init(theirs, peer, TAG_FOLD), c.send_init(mine[:size], peer, TAG_FOLD)]
-        else:  # _ABSORB
-            reqs = [c.recv_init(theirs, peer, TAG_FOLD)]
-        self.requests[key] = reqs
-        return reqs
 
 
 def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
@@ -331,40 +287,45 @@ def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     st = c.header_state
     if st is None:
         st = c.header_state = _HeaderState(c)
-    bufs = st.bufs
+    mine, theirs = st.bufs
     err = 0 if local_error is None else 1
     if err:
         sig, payload = 0, None
-    _HEADER.pack_into(bufs[0], 0, sig, -sig, err)
+    _HEADER.pack_into(mine, 0, sig, -sig, err)
     nbytes = 0
     if payload is not None:
         nbytes = payload.nbytes
-        payloads = st.payload(payload.dtype, payload.size)
-        payloads[0][...] = payload
+        p_mine, p_theirs = st.payload(payload.dtype, payload.size)
+        p_mine[...] = payload
     size = _HEADER.size + nbytes
-    agreed = (sig, -sig, 0)
-    b = 0  # bufs[b] holds this rank's partial result, bufs[1 - b] what a partner sent
-    for step, (action, peer) in enumerate(st.plan):
-        reqs = st.step_requests(step, b, size)
-        c.startall(reqs)
-        c.waitall(reqs)
-        if action < _EXCHANGE:  # a send, or the finished result taken into bufs[b]
+    agreed = (sig, -sig, 0, sig, -sig, 0)
+    for action, peer in st.plan:
+        if action == "give" or action == "return":
+            c.send(mine[:size], peer, TAG_FOLD)
             continue
-        s = _HEADER.unpack_from(bufs[b])
-        t = _HEADER.unpack_from(bufs[1 - b])
-        if nbytes and s == agreed and t == agreed:
+        if action == "take":
+            c.recv(mine, peer, TAG_FOLD)
+            continue
+        if action == "exchange":
+            c.sendrecv(mine[:size], peer, theirs, peer, TAG_FOLD)
+        else:  # absorb
+            c.recv(theirs, peer, TAG_FOLD)
+        s_hi, s_nlo, e = _HEADER.unpack_from(mine)
+        t_hi, t_nlo, te = _HEADER.unpack_from(theirs)
+        if nbytes and (s_hi, s_nlo, e, t_hi, t_nlo, te) == agreed:
             # Same signature on both sides so far: same count, dtype and op, so reduce the
             # payloads, the lower rank's first so both partners compute the same bits.
             if c.rank < peer:
-                reduce(payloads[b], payloads[1 - b])
+                reduce(p_mine, p_theirs)
             else:
-                reduce(payloads[1 - b], payloads[b])
-                b = 1 - b  # the result is in the partner's buffer: no copy back
-        _HEADER.pack_into(bufs[b], 0, max(s[0], t[0]), max(s[1], t[1]), max(s[2], t[2]))
-    hi, nlo, err_any = _HEADER.unpack_from(bufs[b])
+                reduce(p_theirs, p_mine)
+                mine, theirs = theirs, mine
+                p_mine, p_theirs = p_theirs, p_mine
+        _HEADER.pack_into(mine, 0, max(s_hi, t_hi), max(s_nlo, t_nlo), max(e, te))
+    hi, nlo, err_any = _HEADER.unpack_from(mine)
     if hi != -nlo or err_any:
         _raise_everywhere(c, describe, local_error)
-    return payloads[b] if nbytes else None
+    return p_mine if nbytes else None
 
 
 def _raise_everywhere(c, describe, local_error):

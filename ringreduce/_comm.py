@@ -53,18 +53,6 @@ class Comm:
     def wait(self, request):
         request.Wait()
 
-    # Persistent requests: a message set up once and started each time it is sent, for the
-    # header pass every call starts with (its per-call cost is mostly such Python work).
-    def send_init(self, buf, dest, tag):
-        return self.mpi.Send_init([buf, MPI.BYTE], dest, tag)
-
-    def recv_init(self, buf, source, tag):
-        return self.mpi.Recv_init([buf, MPI.BYTE], source, tag)
-
-    @staticmethod
-    def startall(requests):
-        MPI.Prequest.Startall(requests)
-
 
 class PoliteComm(Comm):
     """A :class:`Comm` whose waits poll and sleep instead of spinning inside MPI.
