@@ -422,61 +422,55 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
 
     losses = []            # the last stage's global loss of every step
     timed = new_timed()
-    step = epoch = 0
     run_start = time.perf_counter()
-    while step < total_steps:
-        for _, idx, batch_size in sampler.batches(epoch):
-            if step >= total_steps:
-                break
-            t0 = time.perf_counter()
-            before = link.counters()
-            micro = chunk_bounds(len(idx), n_micro)
-            for g in grads:
-                g.fill(0)
-            outgoing, incoming = {}, {}   # micro-batch -> array to send / array received
-            loss = 0.0
-            for op, m in schedule:
-                lo, hi = micro[m]
-                if op == "recv_act":
-                    buf = np.empty((hi - lo, width_in), dtype=dtype)
-                    link.recv(buf, stage_id - 1, TAG_ACT)
-                    incoming[m] = buf
-                elif op == "forward":
-                    x = x_train[idx[lo:hi]] if is_first else incoming.pop(m)
-                    out = stage.forward(x, m)
-                    if is_last:
-                        # Scaled by the global batch size: the micro-batches' gradients add up
-                        # to the whole batch's.
-                        part, dlogits = loss_fn(out, y_train[idx[lo:hi]], scale=1.0 / batch_size)
-                        loss += part
-                        incoming[m] = dlogits
-                    else:
-                        outgoing[m] = out
-                elif op == "send_act":
-                    link.send(outgoing.pop(m), stage_id + 1, TAG_ACT)
-                elif op == "recv_grad":
-                    buf = np.empty((hi - lo, width_out), dtype=dtype)
-                    link.recv(buf, stage_id + 1, TAG_GRAD)
-                    incoming[m] = buf
-                elif op == "backward":
-                    d_in = stage.backward(incoming.pop(m), m, grads)
-                    if not is_first:
-                        outgoing[m] = np.ascontiguousarray(d_in)
-                elif op == "send_grad":
-                    link.send(outgoing.pop(m), stage_id - 1, TAG_GRAD)
-            t1 = time.perf_counter()
-            if not all(np.isfinite(g).all() for g in grads):
-                # A NaN in the loss reaches every stage's gradients, so every stage stops here.
-                raise NonFiniteGradientError(f"pipeline stage {stage_id}: step {step}: the "
-                                             f"gradient holds NaN or Inf; stopping")
-            opt.lr = lr_at(step)
-            opt.step(grads)
-            t2 = time.perf_counter()
-            losses.append(loss)
-            if step > 0:  # the first step compiles the Numba optimizer kernels: not timed
-                record_step(timed, link, before, batch_size, t2 - t0, t2 - t1)
-            step += 1
-        epoch += 1
+    for step, idx, batch_size in sampler.steps(total_steps):
+        t0 = time.perf_counter()
+        before = link.counters()
+        micro = chunk_bounds(len(idx), n_micro)
+        for g in grads:
+            g.fill(0)
+        outgoing, incoming = {}, {}   # micro-batch -> array to send / array received
+        loss = 0.0
+        for op, m in schedule:
+            lo, hi = micro[m]
+            if op == "recv_act":
+                buf = np.empty((hi - lo, width_in), dtype=dtype)
+                link.recv(buf, stage_id - 1, TAG_ACT)
+                incoming[m] = buf
+            elif op == "forward":
+                x = x_train[idx[lo:hi]] if is_first else incoming.pop(m)
+                out = stage.forward(x, m)
+                if is_last:
+                    # Scaled by the global batch size: the micro-batches' gradients add up
+                    # to the whole batch's.
+                    part, dlogits = loss_fn(out, y_train[idx[lo:hi]], scale=1.0 / batch_size)
+                    loss += part
+                    incoming[m] = dlogits
+                else:
+                    outgoing[m] = out
+            elif op == "send_act":
+                link.send(outgoing.pop(m), stage_id + 1, TAG_ACT)
+            elif op == "recv_grad":
+                buf = np.empty((hi - lo, width_out), dtype=dtype)
+                link.recv(buf, stage_id + 1, TAG_GRAD)
+                incoming[m] = buf
+            elif op == "backward":
+                d_in = stage.backward(incoming.pop(m), m, grads)
+                if not is_first:
+                    outgoing[m] = np.ascontiguousarray(d_in)
+            elif op == "send_grad":
+                link.send(outgoing.pop(m), stage_id - 1, TAG_GRAD)
+        t1 = time.perf_counter()
+        if not all(np.isfinite(g).all() for g in grads):
+            # A NaN in the loss reaches every stage's gradients, so every stage stops here.
+            raise NonFiniteGradientError(f"pipeline stage {stage_id}: step {step}: the "
+                                         f"gradient holds NaN or Inf; stopping")
+        opt.lr = lr_at(step)
+        opt.step(grads)
+        t2 = time.perf_counter()
+        losses.append(loss)
+        if step > 0:  # the first step compiles the Numba optimizer kernels: not timed
+            record_step(timed, link, before, batch_size, t2 - t0, t2 - t1)
     wall = time.perf_counter() - run_start
 
     accuracy, test_loss = _evaluate(link, stage, loss_fn, x_test, y_test, sampler.batch_size,
@@ -511,7 +505,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
     n = timed["steps"]
     metrics = {
         "mode": "pipeline", "ranks": n_stages, "micro_batches": n_micro,
-        "stages": [list(p) for p in parts], "steps": step,
+        "stages": [list(p) for p in parts], "steps": len(losses),
         "loss_curve": losses, "final_test_accuracy": accuracy, "final_test_loss": test_loss,
         "samples_per_second": timed["samples"] / timed["seconds"] if timed["seconds"] else None,
         "timed_steps": n,

@@ -455,35 +455,29 @@ def _work(link, model, flat, offsets, loss_fn, x_train, y_train, bounds, workers
 
     losses, stale = [], []
     pending = post_pull()
-    step = epoch = 0
-    while step < total_steps:
-        for _, batch, batch_size in sampler.batches(epoch):
-            if step >= total_steps:
-                break
-            t0 = time.perf_counter()
-            before = link.counters()
-            link.waitall(pending)  # this step's parameters (and last step's push delivered)
-            # Synchronous: a server answers the pull of step c only after every worker's c
-            # pushes, so the version is c.
-            stale.append(step - int(versions.min()) if asynchronous else 0)
-            a, b = chunk_bounds(len(batch), len(workers))[w]
-            idx = batch[a:b]
-            logits = model.forward(x_train[idx])
-            # Scaled by the global batch size: the workers' gradients sum to the batch's.
-            loss, dlogits = loss_fn(logits, y_train[idx], scale=1.0 / batch_size)
-            model.backward(dlogits, grads)
-            pending = [link.isend(gflat[lo:hi], srv, TAG_PUSH)
-                       for (lo, hi), srv in zip(bounds, server_ranks)]
-            # gflat is written again only after the next pull, which a server answers only
-            # once it has received this push (in both modes): no separate wait needed for the
-            # sends.
-            pending += post_pull()
-            t1 = time.perf_counter()
-            losses.append(loss)
-            if step > 0:  # as the servers: the first step is not timed
-                record_step(timed, link, before, batch_size, t1 - t0)
-            step += 1
-        epoch += 1
+    for step, batch, batch_size in sampler.steps(total_steps):
+        t0 = time.perf_counter()
+        before = link.counters()
+        link.waitall(pending)  # this step's parameters (and last step's push delivered)
+        # Synchronous: a server answers the pull of step c only after every worker's c
+        # pushes, so the version is c.
+        stale.append(step - int(versions.min()) if asynchronous else 0)
+        a, b = chunk_bounds(len(batch), len(workers))[w]
+        idx = batch[a:b]
+        logits = model.forward(x_train[idx])
+        # Scaled by the global batch size: the workers' gradients sum to the batch's.
+        loss, dlogits = loss_fn(logits, y_train[idx], scale=1.0 / batch_size)
+        model.backward(dlogits, grads)
+        pending = [link.isend(gflat[lo:hi], srv, TAG_PUSH)
+                   for (lo, hi), srv in zip(bounds, server_ranks)]
+        # gflat is written again only after the next pull, which a server answers only
+        # once it has received this push (in both modes): no separate wait needed for the
+        # sends.
+        pending += post_pull()
+        t1 = time.perf_counter()
+        losses.append(loss)
+        if step > 0:  # as the servers: the first step is not timed
+            record_step(timed, link, before, batch_size, t1 - t0)
     link.waitall(pending)  # the final parameters
     return losses, stale
 

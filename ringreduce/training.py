@@ -237,6 +237,18 @@ class DistributedSampler:
         for step in range(int(start_step), len(self)):
             yield step, self.local_batch(epoch, step), self.global_batch_size(step)
 
+    def steps(self, total_steps):
+        """Yield ``(step, local_indices, global_batch_size)`` for ``total_steps`` steps,
+        counted across epochs 0, 1, ... (each epoch shuffled anew, as :meth:`batches`)."""
+        step = epoch = 0
+        while step < total_steps:
+            for _, idx, batch_size in self.batches(epoch):
+                if step == total_steps:
+                    return
+                yield step, idx, batch_size
+                step += 1
+            epoch += 1
+
 
 # ---------------------------------------------------------------------------------------------
 # GradSync

@@ -161,6 +161,17 @@ def test_sampler_drop_last(size):
         DistributedSampler(5, 8, rank=0, size=1, drop_last=True)
 
 
+@pytest.mark.parametrize("total", [0, 1, 7, 8, 21])
+def test_sampler_steps_run_on_across_epochs(total):
+    s = DistributedSampler(50, 8, rank=1, size=3, seed=4)  # 7 steps an epoch, the last of 2
+    expected = [(e * len(s) + k, idx, bs) for e in range(4) for k, idx, bs in s.batches(e)]
+    got = list(s.steps(total))
+    assert [step for step, _, _ in got] == list(range(total))
+    for (step, idx, bs), (_, want_idx, want_bs) in zip(got, expected):
+        np.testing.assert_array_equal(idx, want_idx)
+        assert bs == want_bs
+
+
 def test_sampler_order_is_a_function_of_seed_and_epoch():
     a = DistributedSampler(50, 8, rank=0, size=2, seed=1)
     b = DistributedSampler(50, 8, rank=1, size=3, seed=1)
