@@ -20,7 +20,8 @@ _EXPORTS = {
     "RingReduceError": "_allreduce", "OPS": "_allreduce", "ALGORITHM_NAMES": "_allreduce",
     "grouped_allreduce": "_grouped", "assign_buckets": "_fusion", "get_config": "_config",
     "broadcast_parameters": "training", "GradSync": "training",
-    "DistributedSampler": "training",
+    "DistributedSampler": "training", "rank": "_topology", "size": "_topology",
+    "local_rank": "_topology", "local_size": "_topology",
 }
 __all__ = list(_EXPORTS)
 

@@ -31,7 +31,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import _abort, _device
+from . import _abort, _device, _topology
 from ._allreduce import (MismatchError, RingReduceError, _check_out, _kernels, as_array,
                          check_op_algorithm, mismatch_message, run_algorithm)
 from ._comm import PoliteComm, get_comm
@@ -456,10 +456,11 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
 
 def init(comm=None):
     """Collective set-up, as ``hvd.init()``: validate and compare the configuration, duplicate
-    the communicator for the library and start the background engine. Optional (the first
-    call of each kind does it too), but call it at start-up: then a rank that stalls before
-    its first allreduce is reported by the stall inspector instead of waiting silently in
-    the set-up."""
+    the communicator for the library, split its ranks into nodes (``rr.local_rank()``) and
+    start the background engine. Optional for the collectives (the first call of each kind
+    does the rest), but call it at start-up: then a rank that stalls before its first
+    allreduce is reported by the stall inspector instead of waiting silently in the set-up."""
     comm = MPI.COMM_WORLD if comm is None else comm
     get_comm(comm)
+    _topology.split(comm)  # for rr.local_rank() and rr.local_size()
     _engine.channel(comm)

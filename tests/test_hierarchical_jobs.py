@@ -43,6 +43,8 @@ if sys.argv[1] == "refuse":
         print(f"RANK {rank} REFUSED: {exc}", flush=True)
     sys.exit(0)
 
+rr.init()  # the node split of RINGREDUCE_LOCAL_SIZE, for rr.local_rank() too
+placement = comm.gather((rr.local_rank(), rr.local_size()))
 calls = []
 for n, dtype in ((1, np.float64), (1009, np.float32), (40_000, np.float64),
                  (100_003, np.float64), (100_003, np.int32)):
@@ -69,6 +71,7 @@ everyone = comm.gather(calls)
 if rank == 0:
     print("HIER-RESULT " + json.dumps({"node_sizes": list(st.node_sizes),
                                        "local_size": st.local_size,
+                                       "placement": placement,
                                        "calls": [c for cs in everyone for c in cs]}), flush=True)
 """
 
@@ -113,6 +116,8 @@ def test_local_size_from_the_environment(ranks, local_size, nodes, mode, tmp_pat
     report = json.loads(lines[0].split(" ", 1)[1])
     assert report["local_size"] == local_size
     assert report["node_sizes"] == nodes
+    # rr.local_rank() and rr.local_size() of every rank, in rank order, from the same split.
+    assert report["placement"] == [[i, size] for size in nodes for i in range(size)]
     assert len(report["calls"]) == 5 * ranks
     bad = [c for c in report["calls"]
            if not (c["close"] and c["near_native"] and c["same_on_all_ranks"])]
