@@ -49,6 +49,11 @@ AUTO_RING_BYTES = 512 << 10
 # already ahead of rhd; at 3 and 4 ranks (more ranks than the 2 cores) it ties doubling at
 # 64 KiB and leads from 256 KiB up but at 64 MiB with 4 ranks.
 AUTO_SHM_BYTES = 32 << 10
+# ... and up to here (exclusive); larger messages take the ring. At 2 ranks shm's copies into
+# the window ran 1.2-2.8x slower than the ring from 1 MiB up in 4-5 of 10 runs (its writes
+# to lines the other core had just read were 5x slower; docs/benchmarks.md, "Shared-memory
+# allreduce") and won by 10-20% in the others; below 1 MiB it stays ahead of rhd either way.
+AUTO_SHM_MAX_BYTES = 1 << 20
 # Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
 # (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8
 # ranks per node: over 25 GbE and 100 Gb InfiniBand at 16 to 1,024 ranks ringreduce.model
@@ -77,7 +82,7 @@ def choose_algorithm(nbytes, p, one_node=False):
     ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank)."""
     if p == 1 or nbytes < AUTO_SMALL_BYTES:
         return "doubling"
-    if one_node and nbytes >= AUTO_SHM_BYTES:
+    if one_node and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES:
         return "shm"
     if nbytes < AUTO_RING_BYTES * math.sqrt(max(p, AUTO_RING_RANKS) / AUTO_RING_RANKS):
         return "rhd"
@@ -244,8 +249,10 @@ def run_algorithm(c, name, flat_in, flat_out, reduce, seg_bytes):
     if name == "auto":
         # on_one_node is collective the first time per communicator; every rank gets here
         # in the same call, since all agreed on "auto" and on the size in the header.
-        name = choose_algorithm(flat_in.nbytes, c.size,
-                                c.size > 1 and flat_in.nbytes >= AUTO_SHM_BYTES and on_one_node(c))
+        nbytes = flat_in.nbytes
+        one_node = (c.size > 1 and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES
+                    and on_one_node(c))
+        name = choose_algorithm(nbytes, c.size, one_node)
     ALGORITHMS[name](c, flat_in, flat_out, reduce, max(1, seg_bytes // flat_in.dtype.itemsize))
 
 

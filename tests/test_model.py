@@ -221,7 +221,7 @@ def test_auto_ring_threshold_grows_with_sqrt_p():
     assert choose_algorithm(4 * AUTO_RING_BYTES, 64) == "ring"
     assert choose_algorithm(16 * AUTO_RING_BYTES - 1, 1024) == "rhd"
     assert choose_algorithm(16 * AUTO_RING_BYTES, 1024) == "ring"
-    assert choose_algorithm(64 << 20, 1024, one_node=True) == "shm"
+    assert choose_algorithm(512 << 10, 1024, one_node=True) == "shm"
     # where the rule switches, the model agrees within a factor of two of the crossover
     net = model.NETWORKS["ib100"]
     n = 16 * AUTO_RING_BYTES

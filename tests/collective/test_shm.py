@@ -132,11 +132,17 @@ def test_window_is_reused_and_grows(comm):
     np.testing.assert_array_equal(got, np.full(1000, float(tri)))
 
 
-def test_auto_uses_shm_on_one_node_for_large_messages(comm, one_node):
-    from ringreduce._allreduce import AUTO_SHM_BYTES, choose_algorithm
-    assert choose_algorithm(64 << 20, 2, one_node=True) == "shm"
-    assert choose_algorithm(64 << 20, 2, one_node=False) != "shm"
-    assert choose_algorithm(AUTO_SHM_BYTES - 1, 2, one_node=True) != "shm"
+def test_auto_uses_shm_on_one_node_for_mid_size_messages(comm, one_node):
+    from ringreduce._allreduce import AUTO_SHM_BYTES, AUTO_SHM_MAX_BYTES, choose_algorithm
+    for p in (2, 3, 4, 8):
+        assert choose_algorithm(AUTO_SHM_BYTES, p, one_node=True) == "shm"
+        assert choose_algorithm(AUTO_SHM_MAX_BYTES - 1, p, one_node=True) == "shm"
+        assert choose_algorithm(AUTO_SHM_MAX_BYTES - 1, p, one_node=False) != "shm"
+        assert choose_algorithm(AUTO_SHM_BYTES - 1, p, one_node=True) == "doubling"
+        # From 1 MiB the ring (rhd below its threshold), whose copies do not slow down when
+        # the ranks' cores share no cache (docs/benchmarks.md, "Shared-memory allreduce").
+        for n in (AUTO_SHM_MAX_BYTES, 64 << 20):
+            assert choose_algorithm(n, p, one_node=True) == choose_algorithm(n, p)
     if P == 1:
         return
     c = fresh_comm(comm)
