@@ -6,6 +6,7 @@ value and what is allowed. The first collective on a communicator (its duplicati
 different settings all raise instead of running different schedules.
 """
 import math
+import numbers
 import os
 from dataclasses import astuple, dataclass, fields
 
@@ -109,6 +110,20 @@ def get_config():
     if _config is None:
         _config = parse()
     return _config
+
+
+def fusion_sizes(fusion_threshold, segment_bytes):
+    """``(fusion cap, segment bytes)``: the arguments, or the configuration where they are
+    None; ValueError for anything but an int >= 0 (cap) or >= 1 (segment)."""
+    cfg = get_config()
+    cap = cfg.fusion_threshold if fusion_threshold is None else fusion_threshold
+    seg = cfg.segment_bytes if segment_bytes is None else segment_bytes
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 0:
+        raise ValueError(f"fusion_threshold must be an int >= 0 (bytes; 0 = no fusion), got "
+                         f"{fusion_threshold!r}")
+    if isinstance(seg, bool) or not isinstance(seg, numbers.Integral) or seg < 1:
+        raise ValueError(f"segment_bytes must be an int >= 1, got {segment_bytes!r}")
+    return int(cap), int(seg)
 
 
 def check_agreement(mpi_comm):

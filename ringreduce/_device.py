@@ -47,7 +47,7 @@ import numpy as np
 # as a module and reads its names at call time.
 from . import _allreduce as ar
 from ._buffers import _Cuda, _require_cuda, copy_into, is_device_array, scratch_like  # noqa: F401
-from ._config import get_config
+from ._config import fusion_sizes, get_config
 from ._fusion import assign_buckets, group_by_dtype, offsets_of
 
 # Appended to the tuple a device call's signature hashes: a device call and a host call of
@@ -523,12 +523,12 @@ def grouped_allreduce_device(c, arrays, op, algorithm, inplace, fusion_threshold
     (``kernels.cuda.pack``: one device-to-device copy per tensor), one allreduce per bucket.
     Returns new Numba device arrays, or with ``inplace=True`` the given arrays.
     """
-    cfg = get_config()
     try:
         arrs, kerns, algorithm = _validate_group(arrays, op, algorithm, inplace)
+        cap, seg = fusion_sizes(fusion_threshold, segment_bytes)
         sig = hash((len(arrs),
                     tuple((_shape(a), ar._DTYPE_CODE[np.dtype(a.dtype)]) for a in arrs),
-                    ar.OPS.index(op), ar.ALGORITHM_NAMES.index(algorithm),
+                    ar.OPS.index(op), ar.ALGORITHM_NAMES.index(algorithm), cap, seg,
                     _DEVICE_MARK)) & ar._MASK
         local_error = None
     except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank
@@ -538,9 +538,7 @@ def grouped_allreduce_device(c, arrays, op, algorithm, inplace, fusion_threshold
     ar._negotiate(c, sig, None, {
         "call": "grouped_allreduce", "tensors": len(arrs), "shapes": tuple(map(_shape, arrs)),
         "dtypes": tuple(str(a.dtype) for a in arrs), "op": op, "algorithm": algorithm,
-        "memory": "device"})
-    cap = cfg.fusion_threshold if fusion_threshold is None else int(fusion_threshold)
-    seg = cfg.segment_bytes if segment_bytes is None else int(segment_bytes)
+        "fusion_threshold": cap, "segment_bytes": seg, "memory": "device"})
     dc = device_comm(c)
     outs = arrs if inplace else [_Cuda.cuda.device_array(a.shape, a.dtype) for a in arrs]
     # 1-D contiguous views of every input and output (copies for non-contiguous arrays).

@@ -95,3 +95,76 @@ def test_grouped_bad_input():
         a.flags.writeable = False
         rr.grouped_allreduce([a], inplace=True)
     assert rr.grouped_allreduce([]) == []
+
+
+def mixed_list(rank, dtype):
+    """Tensors around one segment of 64 bytes, so a ring pass gets large ones where they lie
+    and small ones packed, with chunk and segment edges falling inside tensors."""
+    rng = np.random.default_rng([7, rank])
+    sizes = [3, 40, 17, 0, 101, 1, 16, 61, 5, 257]
+    out = [rng.integers(-9, 9, n).astype(dtype) for n in sizes]
+    wide = rng.integers(-9, 9, (9, 12)).astype(dtype)
+    out.insert(4, wide[:, ::2])     # a non-contiguous large one: packed, not used in place
+    out.insert(2, rng.integers(-9, 9, (4, 33)).astype(dtype))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float16])
+@pytest.mark.parametrize("op", ["sum", "max", "avg"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_one_ring_pass_over_a_run_of_tensors(dtype, op, inplace):
+    if op == "avg" and np.dtype(dtype).kind == "i":
+        pytest.skip("avg needs a floating dtype")
+    arrays = mixed_list(RANK, dtype)
+    keep = [a.copy() for a in arrays]
+    everyone = [mixed_list(r, dtype) for r in range(P)]
+    res = rr.grouped_allreduce(arrays, op, algorithm="ring", inplace=inplace,
+                               fusion_threshold=1 << 20, segment_bytes=64)
+    for i, (o, a, k) in enumerate(zip(res, arrays, keep)):
+        stack = np.stack([e[i].astype(np.float64) for e in everyone])
+        want = {"sum": stack.sum(0), "max": stack.max(0), "avg": stack.mean(0)}[op]
+        assert o.shape == a.shape and o.dtype == a.dtype
+        # Integer-valued data: every order of summation is exact (avg: one rounding).
+        np.testing.assert_array_equal(o, want.astype(dtype), err_msg=f"tensor {i}")
+        if inplace:
+            assert o is a
+        else:
+            np.testing.assert_array_equal(a, k)
+    got = MPI.COMM_WORLD.allgather(b"".join(np.ascontiguousarray(o).tobytes() for o in res))
+    assert all(g == got[0] for g in got)
+
+
+def test_auto_takes_one_ring_pass_when_the_run_is_large():
+    # 2 MiB of float32 in a run: auto sends it by the ring; random data, so the check is
+    # against float64 and bitwise agreement between ranks.
+    rng = np.random.default_rng(RANK)
+    sizes = [300_000, 7, 100_000, 70_001, 33, 54_321]
+    arrays = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    res = rr.grouped_allreduce(arrays)
+    gens = [np.random.default_rng(r) for r in range(P)]
+    per_rank = [[g.standard_normal(n).astype(np.float32) for n in sizes] for g in gens]
+    for i, o in enumerate(res):
+        want = np.sum([pr[i].astype(np.float64) for pr in per_rank], axis=0)
+        np.testing.assert_allclose(o, want, rtol=1e-5, atol=1e-5 * P)
+    got = MPI.COMM_WORLD.allgather(b"".join(o.tobytes() for o in res))
+    assert all(g == got[0] for g in got)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_ranks_with_different_fusion_thresholds_all_raise():
+    cap = 4096 if RANK == P - 1 else 1 << 20
+    with pytest.raises(rr.MismatchError, match="Mismatched grouped_allreduce fusion_threshold"):
+        rr.grouped_allreduce([np.ones(3), np.ones(5)], fusion_threshold=cap)
+    assert np.all(rr.grouped_allreduce([np.ones(2)])[0] == P)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(fusion_threshold=-1), "fusion_threshold must be an int >= 0 .*got -1"),
+    (dict(fusion_threshold=1.5), "fusion_threshold must be an int >= 0 .*got 1.5"),
+    (dict(segment_bytes=0), "segment_bytes must be an int >= 1, got 0"),
+])
+def test_bad_sizes_raise_on_every_rank(kwargs, message):
+    bad = kwargs if RANK == 0 else {}  # only rank 0 passes it: every rank must still raise
+    with pytest.raises(ValueError, match=message if RANK == 0 else "rejected the input on"):
+        rr.grouped_allreduce([np.ones(3), np.ones(4)], **bad)
+    assert np.all(rr.grouped_allreduce([np.ones(2)])[0] == P)
