@@ -6,9 +6,12 @@ is reduced in one ring pass over all its tensors at once, without copying the la
 its small tensors are packed into one buffer, and that buffer and the large tensors, each
 where it lies, make up one :class:`~ringreduce._buffers.Pieces` vector, whose segments the
 ring cuts where the arrays meet. One pass instead of one allreduce per large tensor saves a
-header, a pipeline fill and a drain per tensor: on ResNet-50's gradients at 2 ranks the
-ring over them concatenated took 0.36x the time of one native MPI_Allreduce per tensor,
-against 0.66-0.69x for one ring per large tensor (docs/benchmarks.md, "Fusion"). Other
+header, a pipeline fill and a drain per tensor: on ResNet-50's gradients at 2 ranks, in
+place, grouped went from 0.79-0.88x the time of one native MPI_Allreduce per tensor to
+0.58-0.62x (docs/benchmarks.md, "Fusion"). The ring over the same gradients already
+concatenated in one array took 0.32-0.36x: the extra short segments where tensors end, and
+separately allocated tensors (slower for MPI's cross-process copies than one large array),
+cost the rest. Other
 runs: tensors of at least one segment are reduced where they lie, one allreduce each, and
 the others fused into buckets (``plan_buckets``), since packing copies every byte twice.
 """
