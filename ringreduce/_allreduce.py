@@ -244,19 +244,15 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     return out
 
 
-def resolve_algorithm(c, name, nbytes):
-    """``name``, with "auto" replaced by what it runs for ``nbytes`` on ``c``. On_one_node is
-    collective the first time per communicator; every rank gets here in the same call, since
-    all agreed on "auto" and on the sizes in the header."""
-    if name != "auto":
-        return name
-    one_node = c.size > 1 and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES and on_one_node(c)
-    return choose_algorithm(nbytes, c.size, one_node)
-
-
 def run_algorithm(c, name, flat_in, flat_out, reduce, seg_bytes):
     """Run one algorithm on buffers every rank already agreed on (no header)."""
-    name = resolve_algorithm(c, name, flat_in.nbytes)
+    if name == "auto":
+        # on_one_node is collective the first time per communicator; every rank gets here
+        # in the same call, since all agreed on "auto" and on the size in the header.
+        nbytes = flat_in.nbytes
+        one_node = (c.size > 1 and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES
+                    and on_one_node(c))
+        name = choose_algorithm(nbytes, c.size, one_node)
     ALGORITHMS[name](c, flat_in, flat_out, reduce, max(1, seg_bytes // flat_in.dtype.itemsize))
 
 

@@ -5,8 +5,6 @@ The algorithms call :func:`scratch_like` and :func:`copy_into` instead of ``np.e
 module sits below both, so importing either one first never meets a half-built module.
 numba-cuda loads only when a device array actually arrives.
 """
-import bisect
-
 import numpy as np
 
 
@@ -47,49 +45,16 @@ def _require_cuda():
     return _Cuda
 
 
-class Pieces:
-    """Several 1-D contiguous host arrays of one dtype seen as one vector, without copying
-    them into one: what lets the ring reduce a list of tensors in one pass (``_grouped``).
-
-    It has what the ring uses of an array: ``size``, ``dtype``, ``nbytes`` and slicing by
-    ``[lo:hi]``, which returns the view of the one array that holds that range; ``starts``
-    (where each array begins) makes the ring cut its segments there
-    (``_schedule.segment_bounds``), so no slice spans two arrays. Empty arrays are left out.
-    """
-
-    def __init__(self, arrays):
-        self.arrays = [a for a in arrays if a.size]
-        self.starts, total = [], 0
-        for a in self.arrays:
-            self.starts.append(total)
-            total += a.size
-        self.size = total
-        self.dtype = self.arrays[0].dtype if self.arrays else np.dtype(np.uint8)
-        self.nbytes = total * self.dtype.itemsize
-
-    def __getitem__(self, s):
-        i = bisect.bisect_right(self.starts, s.start) - 1
-        base = self.starts[i]
-        piece = self.arrays[i]
-        if s.stop - base > piece.size:
-            raise IndexError(f"[{s.start}:{s.stop}] spans two of the arrays (they start at "
-                             f"{self.starts})")
-        return piece[s.start - base:s.stop - base]
-
-
 def scratch_like(buf, n):
     """``n`` uninitialised elements of ``buf``'s dtype, where ``buf`` lives."""
-    if isinstance(buf, (np.ndarray, Pieces)):
+    if isinstance(buf, np.ndarray):
         return np.empty(n, buf.dtype)
     return _Cuda.cuda.device_array(n, buf.dtype)
 
 
 def copy_into(dst, src):
     """``dst[...] = src`` for 1-D buffers of one length, on the host or on the device."""
-    if isinstance(dst, Pieces):
-        for d, s in zip(dst.arrays, src.arrays):
-            d[...] = s
-    elif isinstance(dst, np.ndarray):
+    if isinstance(dst, np.ndarray):
         dst[...] = src
     else:
         _Cuda.ck.pack([src], dst, [0])

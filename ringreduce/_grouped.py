@@ -1,42 +1,21 @@
-"""``grouped_allreduce``: many tensors, fused into few buckets, one allreduce per bucket.
-
-Per dtype, the tensors are cut, in order, into *runs* of at most the fusion threshold
-(``assign_buckets``). A run that "auto" sends by the ring (or any run, with algorithm="ring")
-is reduced in one ring pass over all its tensors at once, without copying the large ones:
-its small tensors are packed into one buffer, and that buffer and the large tensors, each
-where it lies, make up one :class:`~ringreduce._buffers.Pieces` vector, whose segments the
-ring cuts where the arrays meet. One pass instead of one allreduce per large tensor saves a
-header, a pipeline fill and a drain per tensor: on ResNet-50's gradients at 2 ranks, in
-place, grouped went from 0.79-0.88x the time of one native MPI_Allreduce per tensor to
-0.58-0.62x (docs/benchmarks.md, "Fusion"). The ring over the same gradients already
-concatenated in one array took 0.32-0.36x: the extra short segments where tensors end, and
-separately allocated tensors (slower for MPI's cross-process copies than one large array),
-cost the rest. Other
-runs: tensors of at least one segment are reduced where they lie, one allreduce each, and
-the others fused into buckets (``plan_buckets``), since packing copies every byte twice.
-"""
+"""``grouped_allreduce``: many tensors, fused into few buckets, one allreduce per bucket."""
 import numpy as np
 
 from ._allreduce import (_DTYPE_CODE, _MASK, ALGORITHM_NAMES, OPS, _kernels, _negotiate,
-                         as_array, check_op_algorithm, resolve_algorithm, run_algorithm)
+                         as_array, check_op_algorithm, run_algorithm)
 from . import _device
-from ._buffers import Pieces
 from ._comm import get_comm
 from ._config import fusion_sizes
-from ._fusion import (assign_buckets, group_by_dtype, offsets_of, pack, plan_buckets,
-                      unpack)
-from .algorithms import ring
+from ._fusion import group_by_dtype, offsets_of, pack, plan_buckets, unpack
 
 
-def _fusion_buffer(c, dtype, n, role="in"):
-    """A reusable 1-D buffer of at least ``n`` elements per communicator, dtype and role (a
-    ring pass that is not in place packs into an "in" buffer and receives into an "out"
-    one): a fresh 64 MiB allocation per call would cost more in page faults than the copy
-    into it."""
+def _fusion_buffer(c, dtype, n):
+    """A reusable 1-D buffer of at least ``n`` elements per communicator and dtype: a fresh
+    64 MiB allocation per call would cost more in page faults than the copy into it."""
     bufs = c.__dict__.setdefault("fusion_buffers", {})
-    buf = bufs.get((dtype, role))
+    buf = bufs.get(dtype)
     if buf is None or buf.size < n:
-        buf = bufs[(dtype, role)] = np.empty(n, dtype)
+        buf = bufs[dtype] = np.empty(n, dtype)
     return buf[:n]
 
 
@@ -101,47 +80,12 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
     outs = arrs if inplace else [np.empty(a.shape, a.dtype) for a in arrs]
     for dtype, idx in group_by_dtype(arrs).items():
         reduce, scale = kernels[dtype]
-        for run in assign_buckets([arrs[i].nbytes for i in idx], cap):
-            members = [idx[j] for j in run]
-            ins, run_outs = [arrs[i] for i in members], [outs[i] for i in members]
-            nbytes = sum(a.nbytes for a in ins)
-            if len(ins) > 1 and resolve_algorithm(c, algorithm, nbytes) == "ring":
-                reduce_run_ring(c, ins, run_outs, dtype, reduce, scale, seg, direct, inplace)
-                continue
-            for bucket in plan_buckets([a.nbytes for a in ins], cap, direct,
-                                       [a.flags.c_contiguous for a in ins]):
-                reduce_bucket(c, [ins[j] for j in bucket], [run_outs[j] for j in bucket],
-                              dtype, reduce, scale, algorithm, seg)
+        for bucket in plan_buckets([arrs[i].nbytes for i in idx], cap, direct,
+                                   [arrs[i].flags.c_contiguous for i in idx]):
+            members = [idx[j] for j in bucket]
+            reduce_bucket(c, [arrs[i] for i in members], [outs[i] for i in members],
+                          dtype, reduce, scale, algorithm, seg)
     return list(arrays) if inplace else outs
-
-
-def reduce_run_ring(c, ins, outs, dtype, reduce, scale, seg, direct, inplace):
-    """One ring pass over a run of tensors (see the module docstring): contiguous tensors of
-    at least ``direct`` bytes where they lie, the others packed into one buffer first and
-    unpacked after. In place (``inplace``) every piece is its own output, so one Pieces
-    serves as both; otherwise the packed tensors get an output buffer of their own, since
-    the ring must never receive into a piece it still reads."""
-    big = [j for j, a in enumerate(ins)
-           if a.nbytes >= direct and a.flags.c_contiguous and outs[j].flags.c_contiguous]
-    small = sorted(set(range(len(ins))) - set(big))
-    pieces_in = [ins[j].reshape(-1) for j in big]
-    pieces_out = [outs[j].reshape(-1) for j in big]
-    if small:
-        offsets, total = offsets_of([ins[j] for j in small])
-        packed = _fusion_buffer(c, dtype, total)
-        pack([ins[j] for j in small], packed, offsets)
-        packed_out = packed if inplace else _fusion_buffer(c, dtype, total, "out")
-        pieces_in.append(packed)
-        pieces_out.append(packed_out)
-    vec_in = Pieces(pieces_in)
-    vec_out = vec_in if inplace else Pieces(pieces_out)
-    if vec_in.size:
-        ring(c, vec_in, vec_out, reduce, max(1, seg // dtype.itemsize))
-        if scale is not None:
-            for piece in vec_out.arrays:
-                scale(piece, c.size)
-    if small:
-        unpack(packed_out, [outs[j] for j in small], offsets)
 
 
 def reduce_bucket(c, ins, outs, dtype, reduce, scale, algorithm, seg):

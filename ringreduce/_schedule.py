@@ -27,18 +27,11 @@ def chunk_bounds(n, p):
     return bounds
 
 
-def segment_bounds(start, stop, segment_elems, cuts=()):
-    """Split ``[start, stop)`` into segments of at most ``segment_elems`` elements, also cut
-    at every offset in ``cuts`` (sorted), so that no segment spans one: the starts of the
-    arrays a :class:`~ringreduce._buffers.Pieces` is made of."""
+def segment_bounds(start, stop, segment_elems):
+    """Split ``[start, stop)`` into segments of at most ``segment_elems`` elements."""
     if segment_elems < 1:
         raise ValueError(f"segment_elems must be >= 1, got {segment_elems}")
-    ends = [c for c in cuts if start < c < stop] + [stop]
-    segs, lo = [], start
-    for end in ends:
-        segs += [(s, min(s + segment_elems, end)) for s in range(lo, end, segment_elems)]
-        lo = end
-    return segs
+    return [(s, min(s + segment_elems, stop)) for s in range(start, stop, segment_elems)]
 
 
 def ring_steps(rank, p):

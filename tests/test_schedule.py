@@ -29,33 +29,6 @@ def test_segment_bounds(lo, hi, k):
     assert all(0 < b - a <= k for a, b in segs)
 
 
-@pytest.mark.parametrize("lo,hi,k,cuts", [(0, 10, 4, [3, 7]), (2, 9, 100, [0, 3, 9]),
-                                          (0, 0, 4, [0]), (5, 40, 6, [0, 5, 11, 12, 30, 40]),
-                                          (0, 8, 1, [2, 4])])
-def test_segment_bounds_cut_where_pieces_meet(lo, hi, k, cuts):
-    segs = segment_bounds(lo, hi, k, cuts)
-    assert [i for a, b in segs for i in range(a, b)] == list(range(lo, hi))
-    assert all(0 < b - a <= k for a, b in segs)
-    # No segment spans a cut, and every cut inside the range starts a segment.
-    assert not any(a < c < b for a, b in segs for c in cuts)
-    assert {c for c in cuts if lo < c < hi} <= {a for a, _ in segs}
-
-
-def test_pieces_slice_within_one_array_and_refuse_to_span():
-    import numpy as np
-    from ringreduce._buffers import Pieces, copy_into, scratch_like
-    a, b, c = np.arange(3.0), np.arange(0), np.arange(10.0, 15.0)
-    v = Pieces([a, b, c])
-    assert (v.size, v.nbytes, v.starts) == (8, 64, [0, 3])
-    assert v[1:3].base is a and list(v[3:5]) == [10.0, 11.0] and v[5:8].base is c
-    with pytest.raises(IndexError, match="spans two of the arrays"):
-        v[2:4]
-    assert scratch_like(v, 4).shape == (4,)
-    w = Pieces([np.zeros(3), np.zeros(5)])
-    copy_into(w, v)
-    assert list(w.arrays[0]) == [0.0, 1.0, 2.0] and list(w.arrays[1]) == [10, 11, 12, 13, 14]
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError):
         chunk_bounds(5, 0)

@@ -42,9 +42,7 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
             copy_into(recvbuf, sendbuf)
         return
     bounds = chunk_bounds(n, p)
-    # A Pieces vector (several arrays reduced as one) cuts segments where its arrays meet.
-    cuts = getattr(sendbuf, "starts", ())
-    segs = [segment_bounds(lo, hi, segment_elems, cuts) for lo, hi in bounds]
+    segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
     chunk_max = bounds[0][1] - bounds[0][0]
     # Scratch buffers hold one chunk each; a segment sits at its offset inside its chunk.
     scratch = [scratch_like(sendbuf, chunk_max) for _ in range(3)]

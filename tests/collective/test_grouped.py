@@ -98,8 +98,8 @@ def test_grouped_bad_input():
 
 
 def mixed_list(rank, dtype):
-    """Tensors around one segment of 64 bytes, so a ring pass gets large ones where they lie
-    and small ones packed, with chunk and segment edges falling inside tensors."""
+    """Tensors around one segment of 64 bytes: large ones go straight through, small ones
+    are packed, with chunk and segment edges falling inside tensors."""
     rng = np.random.default_rng([7, rank])
     sizes = [3, 40, 17, 0, 101, 1, 16, 61, 5, 257]
     out = [rng.integers(-9, 9, n).astype(dtype) for n in sizes]
@@ -112,7 +112,7 @@ def mixed_list(rank, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float16])
 @pytest.mark.parametrize("op", ["sum", "max", "avg"])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_one_ring_pass_over_a_run_of_tensors(dtype, op, inplace):
+def test_mixed_sizes_dtypes_ops_in_place_or_not(dtype, op, inplace):
     if op == "avg" and np.dtype(dtype).kind == "i":
         pytest.skip("avg needs a floating dtype")
     arrays = mixed_list(RANK, dtype)
@@ -134,8 +134,8 @@ def test_one_ring_pass_over_a_run_of_tensors(dtype, op, inplace):
     assert all(g == got[0] for g in got)
 
 
-def test_auto_takes_one_ring_pass_when_the_run_is_large():
-    # 2 MiB of float32 in a run: auto sends it by the ring; random data, so the check is
+def test_auto_on_megabytes_of_tensors():
+    # 2 MiB of float32: auto sends the large ones by the ring; random data, so the check is
     # against float64 and bitwise agreement between ranks.
     rng = np.random.default_rng(RANK)
     sizes = [300_000, 7, 100_000, 70_001, 33, 54_321]
