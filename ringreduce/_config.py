@@ -112,18 +112,27 @@ def get_config():
     return _config
 
 
+def _whole(value, minimum):
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= minimum
+
+
+def segment_size(segment_bytes):
+    """The per-call ``segment_bytes``, or the configuration's for None; ValueError for
+    anything but an int >= 1."""
+    seg = get_config().segment_bytes if segment_bytes is None else segment_bytes
+    if not _whole(seg, 1):
+        raise ValueError(f"segment_bytes must be an int >= 1, got {segment_bytes!r}")
+    return int(seg)
+
+
 def fusion_sizes(fusion_threshold, segment_bytes):
     """``(fusion cap, segment bytes)``: the arguments, or the configuration where they are
     None; ValueError for anything but an int >= 0 (cap) or >= 1 (segment)."""
-    cfg = get_config()
-    cap = cfg.fusion_threshold if fusion_threshold is None else fusion_threshold
-    seg = cfg.segment_bytes if segment_bytes is None else segment_bytes
-    if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 0:
+    cap = get_config().fusion_threshold if fusion_threshold is None else fusion_threshold
+    if not _whole(cap, 0):
         raise ValueError(f"fusion_threshold must be an int >= 0 (bytes; 0 = no fusion), got "
                          f"{fusion_threshold!r}")
-    if isinstance(seg, bool) or not isinstance(seg, numbers.Integral) or seg < 1:
-        raise ValueError(f"segment_bytes must be an int >= 1, got {segment_bytes!r}")
-    return int(cap), int(seg)
+    return int(cap), segment_size(segment_bytes)
 
 
 def check_agreement(mpi_comm):

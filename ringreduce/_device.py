@@ -47,7 +47,7 @@ import numpy as np
 # as a module and reads its names at call time.
 from . import _allreduce as ar
 from ._buffers import _Cuda, _require_cuda, copy_into, is_device_array, scratch_like  # noqa: F401
-from ._config import fusion_sizes, get_config
+from ._config import fusion_sizes, get_config, segment_size
 from ._fusion import assign_buckets, group_by_dtype, offsets_of
 
 # Appended to the tuple a device call's signature hashes: a device call and a host call of
@@ -617,7 +617,6 @@ def allreduce_async_device(ch, x, op, name, algorithm, out, segment_bytes):
     the engine channel ``ch`` an entry whose buffers are device arrays. Returns the Handle."""
     from ._engine import Handle
     cu = _require_cuda()
-    cfg = get_config()
     arr = as_device(x)
     algorithm = _check_op_algorithm(op, algorithm)
     kernels(op, np.dtype(arr.dtype))
@@ -639,12 +638,12 @@ def allreduce_async_device(ch, x, op, name, algorithm, out, segment_bytes):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     e = DeviceEntry()
     e.name, e.arr, e.op, e.algorithm, e.target = name, arr, op, algorithm, target
-    e.seg = cfg.segment_bytes if segment_bytes is None else int(segment_bytes)
+    e.seg = segment_size(segment_bytes)
     # A non-contiguous x is copied now, as on the host.
     e.flat_in = _flat_in(arr)
     e.flat_out = e.flat_in if same else _flat_out(target, arr.size, arr.dtype)
     e.handle = Handle(name, e.flat_out.reshape(_shape(arr)) if target is None else out)
-    e.meta = (_shape(arr), str(arr.dtype), op, algorithm, "device")
+    e.meta = (_shape(arr), str(arr.dtype), op, algorithm, e.seg, "device")
     e.submitted = time.monotonic()
     # The engine thread reads x through MPI or a staging copy: the caller's kernels that
     # produce x, and the copy above, must be done by then.

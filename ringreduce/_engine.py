@@ -35,7 +35,7 @@ from . import _abort, _device, _topology
 from ._allreduce import (MismatchError, RingReduceError, _check_out, _kernels, as_array,
                          check_op_algorithm, mismatch_message, run_algorithm)
 from ._comm import PoliteComm, get_comm
-from ._config import get_config
+from ._config import get_config, segment_size
 from ._fusion import offsets_of, pack, plan_buckets, unpack
 from ._timeline import Timeline
 
@@ -183,7 +183,8 @@ class _Channel:
         first = seen[ranks[0]][0]
         for r in ranks[1:]:
             other = seen[r][0]
-            for i, field in enumerate(("shape", "dtype", "op", "algorithm", "memory")):
+            for i, field in enumerate(("shape", "dtype", "op", "algorithm", "segment_bytes",
+                                       "memory")):
                 if other[i] != first[i]:
                     return (f"{mismatch_message('allreduce', field, ranks[0], first[i], r, other[i])}"
                             f" (tensor {name!r})")
@@ -423,7 +424,6 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     ch = _engine.channel(MPI.COMM_WORLD if comm is None else comm)
     if _device.is_device_array(x):  # CUDA device arrays: see _device.py
         return _device.allreduce_async_device(ch, x, op, name, algorithm, out, segment_bytes)
-    cfg = get_config()
     arr = as_array(x)
     algorithm = check_op_algorithm(op, algorithm)
     _kernels(op, arr.dtype)
@@ -435,7 +435,7 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     e = _Entry()
     e.name, e.arr, e.op, e.algorithm = name, arr, op, algorithm
-    e.seg = cfg.segment_bytes if segment_bytes is None else int(segment_bytes)
+    e.seg = segment_size(segment_bytes)
     e.flat_in = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
     if target is None:
         e.flat_out = np.empty(arr.size, arr.dtype)
@@ -448,7 +448,8 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     e.target = target
     result = e.flat_out.reshape(arr.shape) if target is None else out
     e.handle = Handle(name, result)
-    e.meta = (arr.shape, str(arr.dtype), op, algorithm, "host")
+    # Everything that shapes the messages: ranks that differ get an error, not a hang.
+    e.meta = (arr.shape, str(arr.dtype), op, algorithm, e.seg, "host")
     e.submitted = time.monotonic()
     ch.submit(e)
     return e.handle

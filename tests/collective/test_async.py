@@ -77,6 +77,9 @@ def test_local_errors_raise_at_submit():
         rr.allreduce_async(np.ones(2), "mean")
     with pytest.raises(TypeError, match="avg"):
         rr.allreduce_async(np.ones(2, np.int64), "avg")
+    for bad in (0, -4, 2.5):
+        with pytest.raises(ValueError, match=rf"segment_bytes must be an int >= 1, got {bad}"):
+            rr.allreduce_async(np.ones(2), segment_bytes=bad)
     h = rr.allreduce_async(np.ones(2), name="dup")
     with pytest.raises(ValueError, match="already in flight"):
         rr.allreduce_async(np.ones(2), name="dup")
@@ -96,3 +99,13 @@ def test_mismatched_shapes_error_on_every_rank():
     h = rr.allreduce_async(np.ones(2, np.float32 if RANK else np.float64), name="dt")
     with pytest.raises(rr.MismatchError, match="dtype"):
         h.wait(timeout=60)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_different_segment_sizes_error_on_every_rank():
+    # The segment size shapes the messages: ranks that differ must all get an error.
+    h = rr.allreduce_async(np.ones(300), name="seg", segment_bytes=64 if RANK == 0 else 128)
+    with pytest.raises(rr.MismatchError, match="Mismatched allreduce segment_bytes") as info:
+        h.wait(timeout=60)
+    assert "'seg'" in str(info.value)
+    assert np.all(rr.allreduce_async(np.ones(3), name="after").wait(timeout=60) == P)
