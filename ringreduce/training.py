@@ -34,6 +34,7 @@ save.
 """
 import contextlib
 import itertools
+import numbers
 import os
 import tempfile
 import time
@@ -100,8 +101,15 @@ def broadcast_parameters(arrays, root=0, comm=None):
     """
     c = _control_comm(comm)
     rank, size = c.Get_rank(), c.Get_size()
-    if not 0 <= root < size:
-        raise ValueError(f"broadcast_parameters: root must be in [0, {size}), got {root}")
+    # Every rank sees every rank's root, so a bad or differing root raises on all of them
+    # (a root checked on one rank alone would leave the others waiting in the broadcast).
+    roots = c.allgather(root)
+    if any(r != root for r in roots):
+        raise ValueError(f"broadcast_parameters: ranks passed different roots {roots}; "
+                         "every rank must pass the same root")
+    if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not 0 <= root < size:
+        raise ValueError(f"broadcast_parameters: root must be an int in [0, {size}), got "
+                         f"{root!r}")
     arrays = list(arrays)
     problem = ""
     for i, a in enumerate(arrays):

@@ -186,6 +186,21 @@ except ValueError as e:
 else:
     raise AssertionError("a shape mismatch was not reported")
 
+# A root that differs between ranks, or that one rank gets wrong, raises on every rank.
+for roots in ([0, 0, 1], [0, 3, 0], [0, "1", 0]):
+    try:
+        broadcast_parameters([np.zeros(2)], root=roots[r])
+    except ValueError as e:
+        assert "ranks passed different roots" in str(e), e
+    else:
+        raise AssertionError(f"roots {roots} were not refused")
+try:
+    broadcast_parameters([np.zeros(2)], root=p)
+except ValueError as e:
+    assert f"root must be an int in [0, {p}), got {p}" in str(e), e
+else:
+    raise AssertionError("a root out of range was not refused")
+
 params = [np.zeros((7, 3)), np.zeros(3), np.zeros((3, 2)), np.zeros(2)]
 for overlap in (True, False):
     sync = GradSync(params, bucket_cap_bytes=80, overlap=overlap)
