@@ -20,7 +20,7 @@ import struct
 import numpy as np
 
 from ._comm import TAG_FOLD, get_comm
-from ._config import get_config
+from ._config import get_config, segment_size
 from ._schedule import doubling_plan
 from .algorithms import ALGORITHMS
 from .algorithms.shm import on_one_node
@@ -165,17 +165,14 @@ class _Call:
         computed once per such key: small calls are dominated by per-call Python work."""
         algorithm = check_op_algorithm(op, algorithm)
         reduce, scale = _kernels(op, arr.dtype)
-        seg = get_config().segment_bytes if segment_bytes is None else segment_bytes
-        if not isinstance(seg, (int, np.integer)) or seg < arr.dtype.itemsize:
-            raise ValueError(f"segment_bytes must be an int of at least one element "
-                             f"({arr.dtype.itemsize} bytes for {arr.dtype}), got {segment_bytes!r}")
+        seg = segment_size(segment_bytes, arr.dtype)
         nbytes = arr.nbytes
         piggyback = nbytes <= PIGGYBACK_CAP and (
             algorithm == "doubling" or (algorithm == "auto" and nbytes < AUTO_SMALL_BYTES))
         # hash() of a tuple of ints is the same in every process (no randomisation for ints).
         sig = hash((arr.size, _DTYPE_CODE[arr.dtype], OPS.index(op),
-                    ALGORITHM_NAMES.index(algorithm), int(seg), arr.shape)) & _MASK
-        return op, algorithm, reduce, scale, int(seg), piggyback, sig
+                    ALGORITHM_NAMES.index(algorithm), seg, arr.shape)) & _MASK
+        return op, algorithm, reduce, scale, seg, piggyback, sig
 
     def describe(self):
         return {"call": "allreduce", "shape": self.arr.shape, "dtype": str(self.arr.dtype),

@@ -116,12 +116,16 @@ def _whole(value, minimum):
     return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= minimum
 
 
-def segment_size(segment_bytes):
+def segment_size(segment_bytes, dtype=None):
     """The per-call ``segment_bytes``, or the configuration's for None; ValueError for
-    anything but an int >= 1."""
+    anything but an int >= 1, or, given the ``dtype`` of a single tensor, for less than one
+    of its elements."""
     seg = get_config().segment_bytes if segment_bytes is None else segment_bytes
-    if not _whole(seg, 1):
+    if dtype is None and not _whole(seg, 1):
         raise ValueError(f"segment_bytes must be an int >= 1, got {segment_bytes!r}")
+    if dtype is not None and not _whole(seg, dtype.itemsize):
+        raise ValueError(f"segment_bytes must be an int of at least one element "
+                         f"({dtype.itemsize} bytes for {dtype}), got {segment_bytes!r}")
     return int(seg)
 
 

@@ -47,7 +47,7 @@ import numpy as np
 # as a module and reads its names at call time.
 from . import _allreduce as ar
 from ._buffers import _Cuda, _require_cuda, copy_into, is_device_array, scratch_like  # noqa: F401
-from ._config import fusion_sizes, get_config, segment_size
+from ._config import fusion_sizes, segment_size
 from ._fusion import assign_buckets, group_by_dtype, offsets_of
 
 # Appended to the tuple a device call's signature hashes: a device call and a host call of
@@ -461,11 +461,7 @@ class _Call:
         self.op = op
         dtype = np.dtype(arr.dtype)
         self.reduce, self.scale = kernels(op, dtype)
-        seg = get_config().segment_bytes if segment_bytes is None else segment_bytes
-        if not isinstance(seg, (int, np.integer)) or seg < dtype.itemsize:
-            raise ValueError(f"segment_bytes must be an int of at least one element "
-                             f"({dtype.itemsize} bytes for {dtype}), got {segment_bytes!r}")
-        self.seg_bytes = int(seg)
+        self.seg_bytes = segment_size(segment_bytes, dtype)
         self.target, self.same = _check_out(x, arr, out)
         cuda_aware()  # a bad RINGREDUCE_CUDA_AWARE must fail here, before the header
         self.sig = hash((arr.size, ar._DTYPE_CODE[dtype], ar.OPS.index(op),
