@@ -108,7 +108,7 @@ def broadcast_parameters(arrays, root=0, comm=None):
         raise ValueError(f"broadcast_parameters: ranks passed different roots {roots}; "
                          "every rank must pass the same root")
     if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not 0 <= root < size:
-        raise ValueError(f"broadcast_parameters: root must be an int in [0, {size}), got "
+        raise ValueError(f"broadcast_parameters: root must be in [0, {size}) (an int), got "
                          f"{root!r}")
     arrays = list(arrays)
     problem = ""

@@ -197,7 +197,7 @@ for roots in ([0, 0, 1], [0, 3, 0], [0, "1", 0]):
 try:
     broadcast_parameters([np.zeros(2)], root=p)
 except ValueError as e:
-    assert f"root must be an int in [0, {p}), got {p}" in str(e), e
+    assert f"root must be in [0, {p}) (an int), got {p}" in str(e), e
 else:
     raise AssertionError("a root out of range was not refused")
 
