@@ -66,6 +66,7 @@ def import_kernels(name):
 
 
 ck = import_kernels("cuda")
+f64 = import_kernels("reference")
 
 try:  # after the kernels, which report its absence politely (exit code 2)
     from numba import cuda
@@ -98,15 +99,6 @@ def reduce_operands(op, dtype, n, rng):
             rng.integers(low, bound, n, dtype=dtype, endpoint=True))
 
 
-def reduce_reference(op, a, b):
-    # One correctly rounded operation in dtype equals the float64 result rounded once, so
-    # float results must match exactly; integer results are exact in their own dtype here.
-    ufunc = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}[op]
-    if a.dtype.kind == "f":
-        return ufunc(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
-    return ufunc(a, b)
-
-
 def mismatch(out, expected):
     """None when equal (NaN equal to NaN), else a short description."""
     same = (out == expected) | (np.isnan(out) & np.isnan(expected)
@@ -121,37 +113,6 @@ def mismatch(out, expected):
 def relative_error(out, ref):
     ref = np.asarray(ref, np.float64)
     return float(np.linalg.norm(out.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def sgd_reference(param, grads, lr, momentum, weight_decay, nesterov, grad_scale):
-    """torch.optim.SGD (dampening 0) in float64, buf = g on the first step as PyTorch does."""
-    param = param.astype(np.float64)
-    buf = None
-    for grad in grads:
-        g = grad.astype(np.float64) * grad_scale
-        if weight_decay != 0:
-            g = g + weight_decay * param
-        if momentum != 0:
-            buf = g.copy() if buf is None else momentum * buf + g
-            g = g + momentum * buf if nesterov else buf
-        param = param - lr * g
-    return param, buf
-
-
-def adam_reference(param, grads, lr, beta1, beta2, eps, weight_decay, grad_scale):
-    """torch.optim.Adam (amsgrad off) in float64."""
-    param = param.astype(np.float64)
-    m = np.zeros_like(param)
-    v = np.zeros_like(param)
-    for step, grad in enumerate(grads, start=1):
-        g = grad.astype(np.float64) * grad_scale
-        if weight_decay != 0:
-            g = g + weight_decay * param
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        param = param - lr / (1 - beta1**step) * m / (np.sqrt(v) / np.sqrt(1 - beta2**step)
-                                                     + eps)
-    return param, m, v
 
 
 SGD_VARIANTS = {
@@ -187,7 +148,7 @@ def run_checks(n, rng):
             a, b = reduce_operands(op, dtype, n, rng)
             dst, src = cuda.to_device(a), cuda.to_device(b)
             ck.reduce_kernel(op, dtype)(dst, src)
-            record(f"reduce {op} {dtype}", mismatch(dst.copy_to_host(), reduce_reference(op, a, b))
+            record(f"reduce {op} {dtype}", mismatch(dst.copy_to_host(), f64.reduce(op, a, b))
                    or mismatch(src.copy_to_host(), b))
         if dtype.kind == "f":
             a = (rng.standard_normal(n) * 100).astype(dtype)
@@ -210,7 +171,7 @@ def run_checks(n, rng):
             d_param, d_buf = cuda.to_device(param), cuda.to_device(np.zeros(n, dtype))
             for grad in grads:
                 ck.sgd_update(d_param, cuda.to_device(grad), d_buf, **hp)
-            ref_param, ref_buf = sgd_reference(param, grads, **hp)
+            ref_param, ref_buf = f64.sgd(param, grads, **hp)
             errors = [relative_error(d_param.copy_to_host(), ref_param)]
             if hp["momentum"]:
                 errors.append(relative_error(d_buf.copy_to_host(), ref_buf))
@@ -225,7 +186,7 @@ def run_checks(n, rng):
                 ck.adam_update(d[0], cuda.to_device(grad), d[1], d[2], hp["lr"], hp["beta1"],
                                hp["beta2"], hp["eps"], hp["weight_decay"], step,
                                hp["grad_scale"])
-            refs = adam_reference(param, grads, **hp)
+            refs = f64.adam(param, grads, **hp)
             worst = max(relative_error(x.copy_to_host(), r) for x, r in zip(d, refs))
             record(f"adam {name} {dtype}",
                    None if worst < tolerance else f"relative error {worst:.3g}")

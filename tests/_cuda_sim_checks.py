@@ -45,6 +45,7 @@ def import_kernels(name):
 ck = import_kernels("cuda")
 cpu = import_kernels("cpu")
 optim = import_kernels("optim")
+f64 = import_kernels("reference")
 try:
     from numba import cuda
 except ImportError:  # test_cuda_kernels.py imports this module without numba-cuda, to load ck
@@ -91,15 +92,6 @@ def operands(op, dtype, n, rng):
             rng.integers(low, bound, n, dtype=dtype, endpoint=True))
 
 
-def reference(op, a, b):
-    """``a op b`` rounded to a's dtype: float64 for floats (one correctly rounded operation
-    equals the float64 result rounded once), the exact integer result for integers."""
-    ufunc = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}[op]
-    if a.dtype.kind == "f":
-        return ufunc(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
-    return ufunc(a, b)
-
-
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("dtype", ck.DTYPES, ids=str)
 @pytest.mark.parametrize("op", ck.OPS)
@@ -108,7 +100,7 @@ def test_reduce_matches_reference_and_cpu(op, dtype, n):
     dst, src = cuda.to_device(a), cuda.to_device(b)
     ck.reduce_kernel(op, dtype)(dst, src)
     out = dst.copy_to_host()
-    np.testing.assert_array_equal(out, reference(op, a, b))
+    np.testing.assert_array_equal(out, f64.reduce(op, a, b))
     np.testing.assert_array_equal(src.copy_to_host(), b)
     twin = a.copy()
     cpu.reduce_kernel(op, dtype)(twin, b)
@@ -182,37 +174,6 @@ def test_launch_config_caps_the_grid_at_what_the_array_needs():
 # ---------------------------------------------------------------------------------------
 # Optimizers: the CUDA kernels against the float64 reference and against the CPU twins.
 
-def sgd_reference(param, grads, lr, momentum, weight_decay, nesterov, grad_scale):
-    """torch.optim.SGD's rule (dampening 0) in float64, with PyTorch's buf = g first step."""
-    param = param.astype(np.float64)
-    buf = None
-    for grad in grads:
-        g = grad.astype(np.float64) * grad_scale
-        if weight_decay != 0:
-            g = g + weight_decay * param
-        if momentum != 0:
-            buf = g.copy() if buf is None else momentum * buf + g
-            g = g + momentum * buf if nesterov else buf
-        param = param - lr * g
-    return param, buf
-
-
-def adam_reference(param, grads, lr, beta1, beta2, eps, weight_decay, grad_scale):
-    """torch.optim.Adam's rule (amsgrad off) in float64."""
-    param = param.astype(np.float64)
-    m = np.zeros_like(param)
-    v = np.zeros_like(param)
-    for step, grad in enumerate(grads, start=1):
-        g = grad.astype(np.float64) * grad_scale
-        if weight_decay != 0:
-            g = g + weight_decay * param
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        denom = np.sqrt(v) / np.sqrt(1 - beta2**step) + eps
-        param = param - lr / (1 - beta1**step) * m / denom
-    return param, m, v
-
-
 SGD_VARIANTS = {
     "plain": dict(lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False, grad_scale=1.0),
     "momentum": dict(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, grad_scale=1.0),
@@ -261,7 +222,7 @@ def test_sgd_matches_reference_and_cpu_twin(variant, dtype, n):
     for grad in grads:
         ck.sgd_update(d_param, cuda.to_device(grad), d_buf, **hp)
         optim.sgd_update(h_param, grad, h_buf, *hp.values())
-    ref_param, ref_buf = sgd_reference(param, grads, **hp)
+    ref_param, ref_buf = f64.sgd(param, grads, **hp)
     out = d_param.copy_to_host()
     assert_close(out, ref_param, dtype)
     assert_close(out, h_param, dtype)
@@ -278,7 +239,7 @@ def test_sgd_without_momentum_takes_any_buffer_and_leaves_it_alone():
     sentinel = cuda.to_device(np.full(97, 7.0, np.float32))
     ck.sgd_update(d_param, cuda.to_device(grads[1]), sentinel, 0.1, 0.0, 0.0, False, 1.0)
     assert_close(d_param.copy_to_host(),
-                 sgd_reference(param, grads[:2], 0.1, 0.0, 0.0, False, 1.0)[0], np.float32)
+                 f64.sgd(param, grads[:2], 0.1, 0.0, 0.0, False, 1.0)[0], np.float32)
     assert (sentinel.copy_to_host() == 7.0).all()
 
 
@@ -307,7 +268,7 @@ def test_adam_matches_reference_and_cpu_twin(variant, dtype, n):
                        hp["beta2"], hp["eps"], hp["weight_decay"], step, hp["grad_scale"])
         optim.adam_update(h_param, grad, h_m, h_v, hp["lr"], hp["beta1"], hp["beta2"],
                           hp["eps"], hp["weight_decay"], step, hp["grad_scale"])
-    ref_param, ref_m, ref_v = adam_reference(param, grads, **hp)
+    ref_param, ref_m, ref_v = f64.adam(param, grads, **hp)
     for out, twin, ref in ((d_param, h_param, ref_param), (d_m, h_m, ref_m), (d_v, h_v, ref_v)):
         assert_close(out.copy_to_host(), ref, dtype)
         assert_close(out.copy_to_host(), twin, dtype)

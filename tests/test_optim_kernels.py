@@ -1,13 +1,14 @@
 """CPU optimizer kernels (kernels/optim.py) against float64 reimplementations of PyTorch's rules.
 
-The references and data helpers live in _cuda_sim_checks.py, which checks the CUDA twins
-against the same references and against these CPU kernels.
+The references are ringreduce.kernels.reference's; the data helpers live in
+_cuda_sim_checks.py, which checks the CUDA twins against the same references and against
+these CPU kernels.
 """
 import numpy as np
 import pytest
 
-from _cuda_sim_checks import (ADAM_VARIANTS, SGD_VARIANTS, adam_reference, assert_close,
-                              import_kernels, optim_data, sgd_reference)
+from _cuda_sim_checks import (ADAM_VARIANTS, SGD_VARIANTS, assert_close, f64, import_kernels,
+                              optim_data)
 
 optim = import_kernels("optim")
 
@@ -25,7 +26,7 @@ def test_sgd_matches_pytorch_rule(variant, dtype, n):
     for grad in grads:
         optim.sgd_update(p, grad, buf, hp["lr"], hp["momentum"], hp["weight_decay"],
                          hp["nesterov"], hp["grad_scale"])
-    ref_param, ref_buf = sgd_reference(param, grads, **hp)
+    ref_param, ref_buf = f64.sgd(param, grads, **hp)
     assert_close(p, ref_param, dtype)
     if hp["momentum"]:
         assert_close(buf, ref_buf, dtype)
@@ -47,7 +48,7 @@ def test_sgd_without_momentum_takes_an_empty_buffer_and_leaves_a_full_one_alone(
     optim.sgd_update(p, grads[0], np.empty(0), 0.1, 0.0, 0.0, False, 1.0)
     sentinel = np.full(31, 7.0)
     optim.sgd_update(p, grads[1], sentinel, 0.1, 0.0, 0.0, False, 1.0)
-    assert_close(p, sgd_reference(param, grads[:2], 0.1, 0.0, 0.0, False, 1.0)[0], np.float64)
+    assert_close(p, f64.sgd(param, grads[:2], 0.1, 0.0, 0.0, False, 1.0)[0], np.float64)
     assert (sentinel == 7.0).all()
 
 
@@ -71,7 +72,7 @@ def test_adam_matches_pytorch_rule(variant, dtype, n):
     for step, grad in enumerate(grads, start=1):
         optim.adam_update(p, grad, m, v, hp["lr"], hp["beta1"], hp["beta2"], hp["eps"],
                           hp["weight_decay"], step, hp["grad_scale"])
-    ref_param, ref_m, ref_v = adam_reference(param, grads, **hp)
+    ref_param, ref_m, ref_v = f64.adam(param, grads, **hp)
     assert_close(p, ref_param, dtype)
     assert_close(m, ref_m, dtype)
     assert_close(v, ref_v, dtype)
