@@ -28,13 +28,11 @@ array it writes once (a copy moves 2 arrays, ``dst op= src`` 3, SGD with momentu
 param, grad and buffer, writes param and buffer). The target is 85% of the copy's bandwidth
 for the reduction and SGD kernels.
 
-Needs numba-cuda and numpy only (and mpi4py with an mpiexec for 3); no network. Exit codes:
+Needs ringreduce installed, with numba-cuda (and an mpiexec for 3); no network. Exit codes:
 0 checks passed (whatever the timings), 1 a check or an allreduce job failed, 2 no CUDA device.
 """
 import argparse
 import datetime
-import importlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -48,25 +46,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def import_kernels(name):
-    """``ringreduce.kernels.<name>``: installed, or from kernels/ in an uninstalled checkout
-    (setup.py maps that folder to ringreduce.kernels, so a bare checkout lacks the name)."""
-    try:
-        return importlib.import_module(f"ringreduce.kernels.{name}")
-    except ModuleNotFoundError as error:
-        if not (error.name or "").startswith("ringreduce"):
-            raise
-    spec = importlib.util.spec_from_file_location(
-        "ringreduce.kernels", ROOT / "kernels" / "__init__.py",
-        submodule_search_locations=[str(ROOT / "kernels")])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module(f"ringreduce.kernels.{name}")
-
-
-ck = import_kernels("cuda")
-f64 = import_kernels("reference")
+try:
+    from ringreduce.kernels import cuda as ck, reference as f64
+except ModuleNotFoundError as error:
+    if not (error.name or "").startswith("ringreduce"):
+        raise
+    # setup.py maps kernels/ to ringreduce.kernels, so a bare checkout has no such package.
+    sys.exit("benchmarks/gpu.py needs ringreduce installed (from the checkout, offline: "
+             "python3 -m pip install --no-deps --no-build-isolation -e .)")
 
 try:  # after the kernels, which report its absence politely (exit code 2)
     from numba import cuda
@@ -426,12 +413,6 @@ def run_allreduce_jobs(args):
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         print("benchmarks/gpu.py: --allreduce-ranks needs mpiexec on PATH", file=sys.stderr)
-        return 1
-    # The kernels above load from a bare checkout; the jobs import the package itself.
-    if importlib.util.find_spec("ringreduce") is None:
-        print("benchmarks/gpu.py: --allreduce-ranks needs ringreduce installed (from the "
-              "checkout, offline: python3 -m pip install --no-deps --no-build-isolation -e .)",
-              file=sys.stderr)
         return 1
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as fh:

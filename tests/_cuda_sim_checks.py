@@ -10,42 +10,13 @@ The grid is forced to 2 blocks of 32 threads, so every length above 64 makes the
 loops wrap, lengths above 4 * 64 run the unrolled trips, and the simulator (one Python thread
 per CUDA thread) stays fast.
 """
-import importlib
-import importlib.util
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from ringreduce.kernels import cpu, cuda as ck, optim, reference as f64
 
-
-def import_kernels(name):
-    """``ringreduce.kernels.<name>``: installed, or from kernels/ in an uninstalled checkout.
-
-    setup.py maps the top-level kernels/ folder to ringreduce.kernels (package_dir), so a plain
-    source checkout has no such package on sys.path; register the folder under that name.
-    """
-    try:
-        return importlib.import_module(f"ringreduce.kernels.{name}")
-    except ModuleNotFoundError as error:
-        if not (error.name or "").startswith("ringreduce"):
-            raise
-    spec = importlib.util.spec_from_file_location(
-        "ringreduce.kernels", ROOT / "kernels" / "__init__.py",
-        submodule_search_locations=[str(ROOT / "kernels")])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module(f"ringreduce.kernels.{name}")
-
-
-ck = import_kernels("cuda")
-cpu = import_kernels("cpu")
-optim = import_kernels("optim")
-f64 = import_kernels("reference")
 try:
     from numba import cuda
 except ImportError:  # test_cuda_kernels.py imports this module without numba-cuda, to load ck

@@ -7,10 +7,8 @@ these CPU kernels.
 import numpy as np
 import pytest
 
-from _cuda_sim_checks import (ADAM_VARIANTS, SGD_VARIANTS, assert_close, f64, import_kernels,
-                              optim_data)
-
-optim = import_kernels("optim")
+from _cuda_sim_checks import ADAM_VARIANTS, SGD_VARIANTS, assert_close, f64, optim_data
+from ringreduce.kernels import optim
 
 DTYPES = (np.float32, np.float64)
 LENGTHS = (0, 1, 7, 211)
