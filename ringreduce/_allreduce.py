@@ -255,21 +255,24 @@ def run_algorithm(c, name, flat_in, flat_out, reduce, seg_bytes):
 
 class _HeaderState:
     """Per-communicator state of the header pass: its plan, two message buffers (each the
-    header followed by up to PIGGYBACK_CAP payload bytes) and typed views of their payloads,
+    header followed by up to PIGGYBACK_CAP payload bytes), and per payload dtype and length
+    the typed views of their payloads and the messages (header and payload) they send,
     cached because small calls are dominated by such per-call Python overhead."""
 
     def __init__(self, c):
         self.plan = doubling_plan(c.rank, c.size)
         self.bufs = (np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8),
                      np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
+        self.headers = tuple(b[:_HEADER.size] for b in self.bufs)
         self.views = {}
 
     def payload(self, dtype, n):
+        """``(payload views, messages)``, one of each per buffer."""
         v = self.views.get((dtype, n))
         if v is None:
-            h = _HEADER.size
-            v = self.views[(dtype, n)] = tuple(
-                b[h:h + n * dtype.itemsize].view(dtype) for b in self.bufs)
+            h, end = _HEADER.size, _HEADER.size + n * dtype.itemsize
+            v = self.views[(dtype, n)] = (tuple(b[h:end].view(dtype) for b in self.bufs),
+                                          tuple(b[:end] for b in self.bufs))
         return v
 
 
@@ -291,45 +294,46 @@ def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     st = c.header_state
     if st is None:
         st = c.header_state = _HeaderState(c)
-    mine, theirs = st.bufs
+    bufs = st.bufs
     err = 0 if local_error is None else 1
     if err:
         sig, payload = 0, None
-    _HEADER.pack_into(mine, 0, sig, -sig, err)
+    _HEADER.pack_into(bufs[0], 0, sig, -sig, err)
     nbytes = 0
+    msgs = st.headers
     if payload is not None:
         nbytes = payload.nbytes
-        p_mine, p_theirs = st.payload(payload.dtype, payload.size)
-        p_mine[...] = payload
-    size = _HEADER.size + nbytes
-    agreed = (sig, -sig, 0, sig, -sig, 0)
+        views, msgs = st.payload(payload.dtype, payload.size)
+        views[0][...] = payload
+    agreed = (sig, -sig, 0)
+    b = 0  # bufs[b] holds this rank's partial result, bufs[1 - b] what a partner sent
     for action, peer in st.plan:
         if action == "give" or action == "return":
-            c.send(mine[:size], peer, TAG_FOLD)
+            c.send(msgs[b], peer, TAG_FOLD)
             continue
         if action == "take":
-            c.recv(mine, peer, TAG_FOLD)
+            c.recv(bufs[b], peer, TAG_FOLD)
             continue
         if action == "exchange":
-            c.sendrecv(mine[:size], peer, theirs, peer, TAG_FOLD)
+            c.sendrecv(msgs[b], peer, bufs[1 - b], peer, TAG_FOLD)
         else:  # absorb
-            c.recv(theirs, peer, TAG_FOLD)
-        s_hi, s_nlo, e = _HEADER.unpack_from(mine)
-        t_hi, t_nlo, te = _HEADER.unpack_from(theirs)
-        if nbytes and (s_hi, s_nlo, e, t_hi, t_nlo, te) == agreed:
+            c.recv(bufs[1 - b], peer, TAG_FOLD)
+        s = _HEADER.unpack_from(bufs[b])
+        t = _HEADER.unpack_from(bufs[1 - b])
+        if s != t:  # combine: element-wise maximum
+            _HEADER.pack_into(bufs[b], 0, max(s[0], t[0]), max(s[1], t[1]), max(s[2], t[2]))
+        elif nbytes and s == agreed:
             # Same signature on both sides so far: same count, dtype and op, so reduce the
             # payloads, the lower rank's first so both partners compute the same bits.
             if c.rank < peer:
-                reduce(p_mine, p_theirs)
+                reduce(views[b], views[1 - b])
             else:
-                reduce(p_theirs, p_mine)
-                mine, theirs = theirs, mine
-                p_mine, p_theirs = p_theirs, p_mine
-        _HEADER.pack_into(mine, 0, max(s_hi, t_hi), max(s_nlo, t_nlo), max(e, te))
-    hi, nlo, err_any = _HEADER.unpack_from(mine)
+                reduce(views[1 - b], views[b])
+                b = 1 - b  # the result is in the partner's buffer, with the same header
+    hi, nlo, err_any = _HEADER.unpack_from(bufs[b])
     if hi != -nlo or err_any:
         _raise_everywhere(c, describe, local_error)
-    return p_mine if nbytes else None
+    return views[b] if nbytes else None
 
 
 def _raise_everywhere(c, describe, local_error):
