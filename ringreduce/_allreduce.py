@@ -214,7 +214,8 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     target = call.target
     write_back = False  # whether the result must be copied into target at the end
     if target is None:
-        flat_out = np.empty(arr.size, dtype=arr.dtype)
+        # A small call's result comes back in a header buffer and is copied out below.
+        flat_out = None if call.piggyback else np.empty(arr.size, dtype=arr.dtype)
     elif call.same:
         flat_out = flat_in  # in place: on x itself, or on x's contiguous copy
         write_back = not contiguous
@@ -227,7 +228,10 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     reduced = _negotiate(c, call.sig, None, call.describe,
                          flat_in if call.piggyback else None, call.reduce)
     if reduced is not None:
-        flat_out[...] = reduced
+        if flat_out is None:
+            flat_out = reduced.copy()
+        else:
+            flat_out[...] = reduced
     elif arr.size:
         run_algorithm(c, call.algorithm, flat_in, flat_out, call.reduce, call.seg_bytes)
     elif flat_out is not flat_in:
@@ -333,7 +337,7 @@ def _negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     hi, nlo, err_any = _HEADER.unpack_from(bufs[b])
     if hi != -nlo or err_any:
         _raise_everywhere(c, describe, local_error)
-    return views[b] if nbytes else None
+    return None if payload is None else views[b]
 
 
 def _raise_everywhere(c, describe, local_error):
