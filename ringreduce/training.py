@@ -289,6 +289,49 @@ def _reverse_buckets(params, cap_bytes):
 _gradsync_ids = itertools.count()
 
 
+def _check_params(params, cap):
+    """Local checks of GradSync's arguments."""
+    if not params:
+        raise ValueError("GradSync needs at least one parameter")
+    for i, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"GradSync: parameter {i} is a {type(p).__name__}, expected a "
+                            f"numpy array")
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 1:
+        raise ValueError(f"bucket_cap_bytes must be an int >= 1, got {cap!r}")
+
+
+def _check_same_layout(params, cap, comm):
+    """Collective: the local checks on every rank, then ValueError on every rank unless all
+    ranks registered parameters of the same shapes and dtypes, in the same order, with the
+    same bucket cap. A rank whose own arguments are bad raises its error; the others say so."""
+    try:
+        _check_params(params, cap)
+        problem, mine = None, (int(cap), [(tuple(p.shape), str(p.dtype)) for p in params])
+    except (TypeError, ValueError) as exc:
+        problem, mine = exc, None
+    everyone = _control_comm(comm).allgather(
+        (None if problem is None else f"{type(problem).__name__}: {problem}", mine))
+    if problem is not None:
+        raise problem
+    bad = [(r, text) for r, (text, _) in enumerate(everyone) if text]
+    if bad:
+        raise ValueError(f"GradSync: rank {bad[0][0]} rejected its arguments ({bad[0][1]})")
+    everyone = [layout for _, layout in everyone]
+    for r, (their_cap, theirs) in enumerate(everyone):
+        if their_cap != everyone[0][0]:
+            raise ValueError(f"GradSync: ranks passed different bucket_cap_bytes: rank 0 "
+                             f"{everyone[0][0]}, rank {r} {their_cap}")
+        if len(theirs) != len(everyone[0][1]):
+            raise ValueError(f"GradSync expects the same parameters on every rank, but rank 0 "
+                             f"has {len(everyone[0][1])} and rank {r} has {len(theirs)}")
+        for i, (a, b) in enumerate(zip(everyone[0][1], theirs)):
+            if a != b:
+                raise ValueError(f"GradSync expects the same parameters on every rank, but "
+                                 f"parameter {i} is {a[1]}{a[0]} on rank 0 and "
+                                 f"{b[1]}{b[0]} on rank {r}")
+
+
 class GradSync:
     """Bucketed, overlapped gradient allreduce for a fixed list of parameters (DDP-like).
 
@@ -325,20 +368,16 @@ class GradSync:
 
     Every rank must register the same parameters, and create its ``GradSync`` objects in the
     same order: a bucket's allreduce is matched across ranks by its name, ``gradsync<i>.bucket<k>``
-    (the engine negotiates names, so ranks may start buckets in different orders).
+    (the engine negotiates names, so ranks may start buckets in different orders). The
+    constructor is collective and checks that (as DDP's does): ranks whose parameter shapes,
+    dtypes or bucket caps differ all raise ValueError, naming the first difference, rather
+    than wait for buckets the others never send.
     """
 
     def __init__(self, params, *, bucket_cap_bytes=25 * 2**20, comm=None, overlap=True,
                  algorithm="auto"):
         self.params = list(params)
-        if not self.params:
-            raise ValueError("GradSync needs at least one parameter")
-        for i, p in enumerate(self.params):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"GradSync: parameter {i} is a {type(p).__name__}, expected a "
-                                f"numpy array")
-        if bucket_cap_bytes < 1:
-            raise ValueError(f"bucket_cap_bytes must be >= 1, got {bucket_cap_bytes}")
+        _check_same_layout(self.params, bucket_cap_bytes, comm)  # collective
         self.comm = comm
         self.overlap = bool(overlap)
         self.algorithm = algorithm

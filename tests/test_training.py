@@ -470,6 +470,16 @@ def test_optimizers_on_device_arrays_on_a_gpu():
 # broadcast_parameters (one rank; N ranks in test_training_mpi.py)
 # ---------------------------------------------------------------------------------------------
 
+def test_gradsync_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="at least one parameter"):
+        GradSync([], comm=MPI.COMM_SELF)
+    with pytest.raises(TypeError, match="parameter 1 is a list, expected a numpy array"):
+        GradSync([np.zeros(2), [1.0]], comm=MPI.COMM_SELF)
+    for cap in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"bucket_cap_bytes must be an int >= 1, got {cap}"):
+            GradSync([np.zeros(2)], bucket_cap_bytes=cap, comm=MPI.COMM_SELF)
+
+
 def test_broadcast_parameters_single_rank_and_errors():
     a = [np.arange(5.0), np.ones((2, 2), np.float32)]
     broadcast_parameters(a, comm=MPI.COMM_SELF)

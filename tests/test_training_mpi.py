@@ -201,6 +201,26 @@ except ValueError as e:
 else:
     raise AssertionError("a root out of range was not refused")
 
+# GradSync's constructor is collective: differing parameters or caps, or one rank's bad
+# argument, raise on every rank instead of leaving buckets unmatched.
+cases = [
+    (lambda: GradSync([np.zeros(2), np.zeros(4 if r == 2 else 3)]),
+     "parameter 1 is float64(3,) on rank 0 and float64(4,) on rank 2"),
+    (lambda: GradSync([np.zeros(2)] * (3 if r == 1 else 2)),
+     "rank 0 has 2 and rank 1 has 3"),
+    (lambda: GradSync([np.zeros(2)], bucket_cap_bytes=64 if r else 128),
+     "different bucket_cap_bytes: rank 0 128, rank 1 64"),
+    (lambda: GradSync([np.zeros(2)], bucket_cap_bytes=0 if r == 1 else 64),
+     "bucket_cap_bytes must be an int >= 1, got 0" if r == 1 else "rank 1 rejected its"),
+]
+for make, message in cases:
+    try:
+        make()
+    except ValueError as e:
+        assert message in str(e), (message, str(e))
+    else:
+        raise AssertionError(f"not refused: {message}")
+
 params = [np.zeros((7, 3)), np.zeros(3), np.zeros((3, 2)), np.zeros(2)]
 for overlap in (True, False):
     sync = GradSync(params, bucket_cap_bytes=80, overlap=overlap)
