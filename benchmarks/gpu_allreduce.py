@@ -38,7 +38,6 @@ from mpi4py import MPI
 
 import ringreduce as rr
 from ringreduce import _device
-from ringreduce._comm import get_comm
 from ringreduce.kernels import cuda as ck
 
 COMM = MPI.COMM_WORLD
