@@ -627,14 +627,10 @@ def allreduce_async_device(ch, x, op, name, algorithm, out, segment_bytes):
         raise ValueError(f"allreduce_async: the device arrays of one rank must be on one GPU; "
                          f"this one was submitted with GPU {device_id} current, earlier ones "
                          f"with GPU {known}")
-    if name is None:
-        ch.counter += 1
-        name = f"allreduce.noname.{ch.counter}"
-    elif not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    seg = segment_size(segment_bytes)
     e = DeviceEntry()
-    e.name, e.arr, e.op, e.algorithm, e.target = name, arr, op, algorithm, target
-    e.seg = segment_size(segment_bytes)
+    e.name, e.arr, e.op, e.algorithm, e.target = ch.entry_name(name), arr, op, algorithm, target
+    e.seg = seg
     # A non-contiguous x is copied now, as on the host.
     e.flat_in = _flat_in(arr)
     e.flat_out = e.flat_in if same else _flat_out(target, arr.size, arr.dtype)

@@ -102,7 +102,7 @@ class _Channel:
         self.size = self.ctrl.Get_size()
         self.submitted = collections.deque()   # from user threads
         self.pending = {}                       # name -> _Entry, waiting for a response
-        self.counter = 0
+        self.counter = 0                        # unnamed tensors submitted so far
         self.sends = []
         # coordinator state (rank 0)
         self.table = {}                         # name -> {rank: (meta, time)}
@@ -112,6 +112,16 @@ class _Channel:
         self.last_response = time.monotonic()
 
     # -- user thread ---------------------------------------------------------------------
+    def entry_name(self, name):
+        """``name``, or for None the next unnamed tensor's (by submission order, which every
+        rank must then share); TypeError for anything but a str or None."""
+        if name is None:
+            self.counter += 1
+            return f"allreduce.noname.{self.counter}"
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        return name
+
     def submit(self, entry):
         with self.engine.lock:
             if entry.name in self.pending or any(e.name == entry.name for e in self.submitted):
@@ -428,14 +438,9 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     algorithm = check_op_algorithm(op, algorithm)
     _kernels(op, arr.dtype)
     target, same = _check_out(arr, out)
-    if name is None:
-        ch.counter += 1
-        name = f"allreduce.noname.{ch.counter}"
-    elif not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    seg = segment_size(segment_bytes)
     e = _Entry()
-    e.name, e.arr, e.op, e.algorithm = name, arr, op, algorithm
-    e.seg = segment_size(segment_bytes)
+    e.name, e.arr, e.op, e.algorithm, e.seg = ch.entry_name(name), arr, op, algorithm, seg
     e.flat_in = arr.reshape(-1) if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(-1)
     if target is None:
         e.flat_out = np.empty(arr.size, arr.dtype)
