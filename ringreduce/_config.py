@@ -112,7 +112,8 @@ def get_config():
     return _config
 
 
-def _whole(value, minimum):
+def is_whole(value, minimum):
+    """Whether ``value`` is an integer (numpy's too, but not a bool) of at least ``minimum``."""
     return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= minimum
 
 
@@ -121,9 +122,9 @@ def segment_size(segment_bytes, dtype=None):
     anything but an int >= 1, or, given the ``dtype`` of a single tensor, for less than one
     of its elements."""
     seg = get_config().segment_bytes if segment_bytes is None else segment_bytes
-    if dtype is None and not _whole(seg, 1):
+    if dtype is None and not is_whole(seg, 1):
         raise ValueError(f"segment_bytes must be an int >= 1, got {segment_bytes!r}")
-    if dtype is not None and not _whole(seg, dtype.itemsize):
+    if dtype is not None and not is_whole(seg, dtype.itemsize):
         raise ValueError(f"segment_bytes must be an int of at least one element "
                          f"({dtype.itemsize} bytes for {dtype}), got {segment_bytes!r}")
     return int(seg)
@@ -133,7 +134,7 @@ def fusion_sizes(fusion_threshold, segment_bytes):
     """``(fusion cap, segment bytes)``: the arguments, or the configuration where they are
     None; ValueError for anything but an int >= 0 (cap) or >= 1 (segment)."""
     cap = get_config().fusion_threshold if fusion_threshold is None else fusion_threshold
-    if not _whole(cap, 0):
+    if not is_whole(cap, 0):
         raise ValueError(f"fusion_threshold must be an int >= 0 (bytes; 0 = no fusion), got "
                          f"{fusion_threshold!r}")
     return int(cap), segment_size(segment_bytes)

@@ -88,6 +88,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ._comm import PoliteComm
+from ._config import is_whole
 from ._schedule import chunk_bounds
 from .pipeline import (CountingComm, _rank_summary, _step_times, check_memory_budget,
                        layer_parameter_counts, memory_bytes, new_timed, record_step,
@@ -138,8 +139,7 @@ def may_answer(clock, clocks, staleness, total_steps):
 
 def check_staleness(staleness):
     """``staleness`` as an int >= 0, or a ValueError that names what was given."""
-    if isinstance(staleness, bool) or not isinstance(staleness, (int, np.integer)) \
-            or staleness < 0:
+    if not is_whole(staleness, 0):
         raise ValueError(f"parameter server: the staleness bound must be an integer >= 0 (0: "
                          f"synchronous), got {staleness!r}")
     return int(staleness)

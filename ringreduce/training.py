@@ -34,7 +34,6 @@ save.
 """
 import contextlib
 import itertools
-import numbers
 import os
 import tempfile
 import time
@@ -45,6 +44,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
+from ._config import is_whole
 from ._fusion import assign_buckets
 from ._schedule import chunk_bounds
 
@@ -107,7 +107,7 @@ def broadcast_parameters(arrays, root=0, comm=None):
     if any(r != root for r in roots):
         raise ValueError(f"broadcast_parameters: ranks passed different roots {roots}; "
                          "every rank must pass the same root")
-    if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not 0 <= root < size:
+    if not (is_whole(root, 0) and root < size):
         raise ValueError(f"broadcast_parameters: root must be in [0, {size}) (an int), got "
                          f"{root!r}")
     arrays = list(arrays)
@@ -297,7 +297,7 @@ def _check_params(params, cap):
         if not isinstance(p, np.ndarray):
             raise TypeError(f"GradSync: parameter {i} is a {type(p).__name__}, expected a "
                             f"numpy array")
-    if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 1:
+    if not is_whole(cap, 1):
         raise ValueError(f"bucket_cap_bytes must be an int >= 1, got {cap!r}")
 
 
