@@ -11,7 +11,9 @@ setup(
     python_requires=">=3.9",
     # The library itself and its kernels, installed as ringreduce.kernels so that no generic
     # top-level "kernels" module lands in site-packages.
-    packages=["ringreduce", "ringreduce.algorithms", "ringreduce.kernels"],
+    packages=["ringreduce"] + [f"ringreduce.{layer}" for layer in (
+        "core", "memory", "transport", "algorithms", "collectives", "engine", "training",
+        "modes", "launch", "perf")] + ["ringreduce.kernels"],
     package_dir={"ringreduce": "ringreduce", "ringreduce.kernels": "kernels"},
     package_data={"ringreduce": ["data/*.npz"]},
     install_requires=["numpy>=1.23", "mpi4py>=3.1", "numba>=0.57"],
@@ -23,5 +25,5 @@ setup(
         "test": ["pytest>=7", "pytest-mpi", "pytest-timeout", "numba-cuda"],
         "train": ["tqdm", "matplotlib"],
     },
-    entry_points={"console_scripts": ["ringreduce-run=ringreduce.run:main"]},
+    entry_points={"console_scripts": ["ringreduce-run=ringreduce.launch.run:main"]},
 )

@@ -15,13 +15,13 @@ crossing a stage's boundaries), and the time a rank spends waiting for communica
 A one-rank run gives the speed-up baseline.
 
 How the bytes are measured: ps and pipeline count what their code hands to MPI
-(``ringreduce.pipeline.CountingComm``); for dp this script runs the example inside a wrapper
+(``ringreduce.modes.pipeline.CountingComm``); for dp this script runs the example inside a wrapper
 (``--count-dp``) that counts every buffer passed to the library's transport
-(``ringreduce._comm.Comm``: the allreduce's data and its 24-byte header exchanges, but not the
+(``ringreduce.transport.comm.Comm``: the allreduce's data and its 24-byte header exchanges, but not the
 engine's small negotiation messages) between the ends of consecutive ``GradSync.wait`` calls,
 i.e. per training step.
 
-With ``ringreduce.model`` present, the alpha-beta cost model also predicts samples/s at larger
+With ``ringreduce.perf.model`` present, the alpha-beta cost model also predicts samples/s at larger
 rank counts on a cluster network (one rank per node, a fixed batch per rank) for the ring and
 for a parameter server with 1 and p / 2 servers, from this machine's measured compute time per
 sample. Configurations run interleaved, ``--repeats`` times each; the fastest run of each is
@@ -51,7 +51,7 @@ def count_dp(out_path, train_args):
     transport is handed in each training step; rank 0 writes every rank's counts to out_path."""
     from mpi4py import MPI
 
-    import ringreduce._comm as transport
+    import ringreduce.transport.comm as transport
     from ringreduce import training
 
     counts = {"sent": 0, "received": 0}
@@ -190,11 +190,11 @@ def table_rows(results, base, n_bytes):
 
 
 def prediction(per_sample_seconds, n_bytes, batch_per_rank, ranks, networks):
-    """Lines of a markdown table: predicted samples/s from ringreduce.model, or a note."""
+    """Lines of a markdown table: predicted samples/s from ringreduce.perf.model, or a note."""
     try:
         from ringreduce import model
     except ImportError:
-        return ["(ringreduce.model is not available: no prediction for larger rank counts)"]
+        return ["(ringreduce.perf.model is not available: no prediction for larger rank counts)"]
     lines = ["| network | ranks | dp ring | ps, 1 server | ps, p/2 servers |",
              "|---|---|---|---|---|"]
     for key in networks:
@@ -288,7 +288,7 @@ def main(argv=None):
              "|---|---|---|---|---|---|---|"]
     lines += table_rows(best, base, n_bytes)
     per_sample = 1.0 / base  # one rank's seconds per sample, communication-free
-    lines += ["", f"Predicted by ringreduce.model (one rank per node, {args.batch_size // 4} "
+    lines += ["", f"Predicted by ringreduce.perf.model (one rank per node, {args.batch_size // 4} "
               f"samples per rank and step, this machine's {1e6 * per_sample:.0f} us of compute "
               f"per sample), samples/s:", ""]
     lines += prediction(per_sample, n_bytes, args.batch_size // 4, args.predict_ranks,

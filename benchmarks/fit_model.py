@@ -1,8 +1,8 @@
-"""Fit ringreduce.model's parameters to benchmark tables and report how well they predict;
+"""Fit ringreduce.perf.model's parameters to benchmark tables and report how well they predict;
 predict the gradient sync of real models at scale from them.
 
     for p in 2 3 4; do
-      mpiexec -n $p python -m ringreduce.bench -b 1K -e 64M -f 4 \\
+      mpiexec -n $p python -m ringreduce.perf.bench -b 1K -e 64M -f 4 \\
           -a native ring rhd doubling tree shm --memcpy --json bench$p.json
     done
     python benchmarks/fit_model.py bench2.json bench3.json bench4.json [--markdown FILE]
@@ -17,7 +17,7 @@ rank count are merged cell by cell, keeping the fastest. The report gives, per a
 rank count, the median and the largest relative error, and how much time auto's thresholds
 and the fitted model lose against the measured best.
 
-    RINGREDUCE_LOCAL_SIZE=2 mpiexec -n 4 python -m ringreduce.bench -b 1K -e 64M -f 4 \\
+    RINGREDUCE_LOCAL_SIZE=2 mpiexec -n 4 python -m ringreduce.perf.bench -b 1K -e 64M -f 4 \\
         -a hierarchical shm --json local2.json
     python benchmarks/fit_model.py --local-size 2 local2.json
 
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ringreduce import model  # noqa: E402
-from ringreduce._fusion import assign_buckets  # noqa: E402
+from ringreduce.core.fusion import assign_buckets  # noqa: E402
 from ringreduce.kernels.cpu import reduce_kernel  # noqa: E402
 
 FREE = {"shm": ("alpha", "barrier", "copy")}
@@ -231,7 +231,7 @@ CANDIDATES = ("ring", "rhd", "doubling", "tree", "shm")
 def auto_report(docs, fitted, cores):
     """How much slower than the measured best the threshold rule and the fitted model pick,
     per rank count: mean and worst over the sizes."""
-    from ringreduce._allreduce import choose_algorithm
+    from ringreduce.core.choose import choose_algorithm
     lines = ["auto's pick against the measured best, time lost (mean / worst over the sizes):",
              "", "| ranks | thresholds (choose_algorithm) | fitted model |", "|---:|---:|---:|"]
     for d in docs:
@@ -259,7 +259,7 @@ def two_level(docs, local_size, cores, gamma=None):
     costs = dict(model.THIS_MACHINE)
     names = {"hierarchical": "hierarchical", "shm": "shm2"}
     lines = [f"Two-level algorithms on stand-in nodes of {local_size} ranks "
-             "(RINGREDUCE_LOCAL_SIZE), measured vs ringreduce.model (THIS_MACHINE):", "",
+             "(RINGREDUCE_LOCAL_SIZE), measured vs ringreduce.perf.model (THIS_MACHINE):", "",
              "| ranks | size | algorithm | measured (us) | predicted (us) | error |",
              "|---:|---:|---|---:|---:|---:|"]
     for d in docs:
@@ -280,7 +280,7 @@ def two_level(docs, local_size, cores, gamma=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("tables", nargs="*", help="ringreduce.bench --json outputs")
+    ap.add_argument("tables", nargs="*", help="ringreduce.perf.bench --json outputs")
     ap.add_argument("--scaling", action="store_true",
                     help="predict ResNet-50's and the MLP's gradient sync at scale instead")
     ap.add_argument("--gamma", type=float, help="seconds per byte reduced (default: measure)")
@@ -303,7 +303,7 @@ def main(argv=None):
                 f.write(text + "\n")
         return 0
     if not args.tables:
-        ap.error("give ringreduce.bench --json outputs to fit, or --scaling")
+        ap.error("give ringreduce.perf.bench --json outputs to fit, or --scaling")
     docs = merge([json.load(open(f)) for f in args.tables])
     ranks = sorted({d["ranks"] for d in docs})
     gamma = args.gamma if args.gamma is not None else measure_gamma()

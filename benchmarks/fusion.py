@@ -16,7 +16,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce.bench import parse_size, time_interleaved
+from ringreduce.perf.bench import parse_size, time_interleaved
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from shapes import count, resnet50, transformer  # noqa: E402

@@ -37,7 +37,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce import _device
+from ringreduce.transport.device import cuda_aware
 from ringreduce.kernels import cuda as ck
 
 COMM = MPI.COMM_WORLD
@@ -112,7 +112,7 @@ def main():
     simulator = bool(config.ENABLE_CUDASIM)
     name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
     name = name.decode() if isinstance(name, bytes) else name
-    aware = _device.cuda_aware()
+    aware = cuda_aware()
 
     failures = check(cuda, args.check_n)
     everyone = COMM.allgather(failures)

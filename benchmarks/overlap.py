@@ -17,7 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce.bench import time_interleaved
+from ringreduce.perf.bench import time_interleaved
 
 
 def main():

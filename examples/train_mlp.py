@@ -21,9 +21,9 @@ Other runs:
   mpiexec -n 3 python examples/train_mlp.py --mode ps --staleness 2  # asynchronous, SSP
   mpiexec -n 3 python examples/train_mlp.py --mode pipeline --hidden 128,64 --micro-batches 4
 
---mode ps (ringreduce/ps.py): the last --servers ranks own shards of the parameters and run the
+--mode ps (ringreduce/modes/ps.py): the last --servers ranks own shards of the parameters and run the
 optimizer; the other ranks compute gradients, push them and pull the parameters every step.
---mode pipeline (ringreduce/pipeline.py): each rank holds a contiguous run of layers, and the
+--mode pipeline (ringreduce/modes/pipeline.py): each rank holds a contiguous run of layers, and the
 micro-batches of each batch flow through them (GPipe). Both train the same model with the same
 data, optimizer and schedule as data parallel, and reach the parameters one rank would.
 --mode ps --staleness K (K >= 1) is the exception: a server applies each worker's gradient as
@@ -55,9 +55,9 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 import ringreduce as rr  # noqa: E402
-from ringreduce.pipeline import (MemoryBudgetError, check_memory_budget,  # noqa: E402
+from ringreduce.modes.pipeline import (MemoryBudgetError, check_memory_budget,  # noqa: E402
                                  memory_bytes, train_pipeline)
-from ringreduce.ps import train_ps  # noqa: E402
+from ringreduce.modes.ps import train_ps  # noqa: E402
 from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler,  # noqa: E402
                                  GradSync, NonFiniteGradientError, broadcast_parameters,
                                  load_checkpoint, save_checkpoint)
@@ -248,7 +248,7 @@ def optimizer_state_slots(args):
 
 def train_ps_or_pipeline(args, sizes, dtype, x_train, y_train, x_test, y_test, data_name):
     """--mode ps / pipeline: the data-parallel run's model, data, optimizer and schedule,
-    trained by ringreduce.ps or ringreduce.pipeline; the same outputs."""
+    trained by ringreduce.modes.ps or ringreduce.modes.pipeline; the same outputs."""
     rank, world = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
     master = rank == 0  # a worker (ps) or the first stage (pipeline): it ends with the model
     # The global batches, as one rank sees them; the modules split them among their ranks.

@@ -5,23 +5,26 @@
 
 The public names load on first use (PEP 562): importing ringreduce does not import mpi4py,
 so tools such as the launcher (``ringreduce-run``) never initialise MPI in their own process.
-Importing it does install the abort-on-uncaught-exception hook (``_abort``).
+Importing it does install the abort-on-uncaught-exception hook (``engine/abort.py``).
+This module is the facade only: nothing inside the package imports it.
 """
 import importlib
 
-from ._abort import install as _install_abort_hook
+from .engine.abort import install as _install_abort_hook
 
 __version__ = "0.1.0"
 
-# public name -> the private module that defines it
+# public name -> the module that defines it
 _EXPORTS = {
-    "init": "_engine", "allreduce_async": "_engine", "Handle": "_engine", "StallError": "_engine",
-    "allreduce": "_allreduce", "choose_algorithm": "_allreduce", "MismatchError": "_allreduce",
-    "RingReduceError": "_allreduce", "OPS": "_allreduce", "ALGORITHM_NAMES": "_allreduce",
-    "grouped_allreduce": "_grouped", "assign_buckets": "_fusion", "get_config": "_config",
+    "init": "engine.api", "allreduce_async": "engine.api", "Handle": "engine.handle",
+    "allreduce": "collectives.allreduce", "grouped_allreduce": "collectives.grouped",
+    "StallError": "errors", "MismatchError": "errors", "RingReduceError": "errors",
+    "choose_algorithm": "core.choose", "OPS": "core.tables",
+    "ALGORITHM_NAMES": "core.tables", "assign_buckets": "core.fusion", "get_config": "config",
     "broadcast_parameters": "training", "GradSync": "training",
-    "DistributedSampler": "training", "rank": "_topology", "size": "_topology",
-    "local_rank": "_topology", "local_size": "_topology",
+    "DistributedSampler": "training", "rank": "transport.topology",
+    "size": "transport.topology", "local_rank": "transport.topology",
+    "local_size": "transport.topology",
 }
 __all__ = list(_EXPORTS)
 

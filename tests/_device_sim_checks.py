@@ -37,8 +37,8 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce import _device
-from ringreduce._comm import get_comm
+from ringreduce.transport.device import device_comm
+from ringreduce.transport.comm import get_comm
 from ringreduce.kernels import cuda as ck
 
 from numba import config as numba_config, cuda
@@ -379,7 +379,7 @@ def check_errors():
 
 
 def check_transport(expect_aware):
-    dc = _device.device_comm(get_comm())
+    dc = device_comm(get_comm())
     check("transport mode", None if expect_aware is None or dc.aware == expect_aware
           else f"aware={dc.aware}, expected {expect_aware}")
     if dc.aware:
@@ -416,7 +416,7 @@ def main():
     if RANK == 0:
         mode = "simulator" if numba_config.ENABLE_CUDASIM else "GPU"
         print(f"device checks: {total - failed} of {total} passed on {P} ranks "
-              f"({mode}, CUDA-aware transport: {_device.device_comm(get_comm()).aware}) "
+              f"({mode}, CUDA-aware transport: {device_comm(get_comm()).aware}) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)
     return 1 if failed else 0
 

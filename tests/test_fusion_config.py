@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from ringreduce._config import DEFAULTS, parse
-from ringreduce._fusion import assign_buckets, group_by_dtype, offsets_of, pack, unpack
+from ringreduce.config import DEFAULTS, parse
+from ringreduce.core.fusion import assign_buckets, group_by_dtype, offsets_of
+from ringreduce.memory.host import HOST
 
 
 @pytest.mark.parametrize("sizes,cap,expect", [
@@ -44,20 +45,20 @@ def test_pack_unpack_round_trip_with_views():
     offs, total = offsets_of(arrays)
     assert total == 20 + 0 + 10 + 1
     buf = np.empty(total)
-    pack(arrays, buf, offs)
+    HOST.pack(arrays, buf, offs)
     outs = [np.empty_like(a) for a in arrays]
-    unpack(buf, outs, offs)
+    HOST.unpack(buf, outs, offs)
     for a, o in zip(arrays, outs):
         np.testing.assert_array_equal(a, o)
     target = np.zeros((5, 8))
-    unpack(buf[:20] * 2, [target[:, ::2]], [0])
+    HOST.unpack(buf[:20] * 2, [target[:, ::2]], [0])
     np.testing.assert_array_equal(target[:, ::2], base[:, ::2] * 2)
     assert np.all(target[:, 1::2] == 0)
 
 
 def test_group_by_dtype_keeps_order():
     arrays = [np.zeros(1, np.float32), np.zeros(1, np.int64), np.zeros(1, np.float32)]
-    assert group_by_dtype(arrays) == {np.dtype(np.float32): [0, 2], np.dtype(np.int64): [1]}
+    assert group_by_dtype([a.dtype for a in arrays]) == {np.dtype(np.float32): [0, 2], np.dtype(np.int64): [1]}
 
 
 def test_config_defaults_and_units():
@@ -89,7 +90,7 @@ def test_config_errors_name_variable_and_allowed(name, value, allowed):
 
 
 def test_plan_buckets_sends_large_contiguous_tensors_directly():
-    from ringreduce._fusion import plan_buckets
+    from ringreduce.core.fusion import plan_buckets
     sizes = [10, 5000, 20, 30, 6000, 5]
     assert plan_buckets(sizes, 100, 1000) == [[0, 2, 3, 5], [1], [4]]
     # a large but non-contiguous tensor must be packed

@@ -31,7 +31,7 @@ import importlib, json, sys
 import numpy as np
 from mpi4py import MPI
 import ringreduce as rr
-from ringreduce._comm import get_comm
+from ringreduce.transport.comm import get_comm
 
 comm = MPI.COMM_WORLD
 p, rank = comm.size, comm.rank
@@ -65,7 +65,7 @@ for n, dtype in ((1, np.float64), (1009, np.float32), (40_000, np.float64),
     same = len(set(comm.allgather(got.tobytes()))) == 1
     calls.append({"n": n, "dtype": np.dtype(dtype).name, "close": close,
                   "near_native": near_native, "same_on_all_ranks": same})
-hier = importlib.import_module("ringreduce.algorithms.hierarchical")
+hier = importlib.import_module("ringreduce.transport.topology")
 st = hier.levels(get_comm())
 everyone = comm.gather(calls)
 if rank == 0:

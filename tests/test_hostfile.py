@@ -1,7 +1,7 @@
-"""ringreduce.hostfile: both formats, comments, CRLF, and every error with its line number."""
+"""ringreduce.launch.hostfile: both formats, comments, CRLF, and every error with its line number."""
 import pytest
 
-from ringreduce.hostfile import Host, HostfileError, format_hostfile, parse_host_list, \
+from ringreduce.launch.hostfile import Host, HostfileError, format_hostfile, parse_host_list, \
     parse_hostfile
 
 

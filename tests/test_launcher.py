@@ -18,7 +18,7 @@ import time
 import pytest
 
 from ringreduce import run
-from ringreduce.run import HYDRA, OPENMPI, LaunchError, build_command, detect_flavour, \
+from ringreduce.launch.run import HYDRA, OPENMPI, LaunchError, build_command, detect_flavour, \
     forwarded_env, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,7 +287,7 @@ def test_sigterm_reaches_the_job(tmp_path):
     fake.chmod(0o755)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO,
                                                                    os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "ringreduce.run", "--mpiexec", str(fake),
+    proc = subprocess.Popen([sys.executable, "-m", "ringreduce.launch.run", "--mpiexec", str(fake),
                              "-np", "1", "true"], env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -399,7 +399,7 @@ def test_real_job_gets_forwarded_environment(tmp_path):
         """))
     env = dict(os.environ, RINGREDUCE_CYCLE_TIME_MS="2.5",
                PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-m", "ringreduce.run", "-H", "localhost:2",
+    done = subprocess.run([sys.executable, "-m", "ringreduce.launch.run", "-H", "localhost:2",
                            "--env", "EXTRA=a b;c", sys.executable, str(script)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

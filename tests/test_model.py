@@ -1,4 +1,4 @@
-"""ringreduce.model: the cost formulas, the least-squares fit, the cluster predictions, the CLI.
+"""ringreduce.perf.model: the cost formulas, the least-squares fit, the cluster predictions, the CLI.
 
 Pure: no MPI traffic. The formulas are checked against the textbook forms of Thakur,
 Rabenseifner and Gropp (2005) written out by hand, the fit against data the model itself
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ringreduce import model
-from ringreduce.model import Costs
+from ringreduce.perf.model import Costs
 
 MiB = 1 << 20
 
@@ -213,7 +213,7 @@ def test_sizes_parse():
 def test_auto_ring_threshold_grows_with_sqrt_p():
     """choose_algorithm's rhd-to-ring threshold: measured at up to 4 ranks, scaled by
     sqrt(p / 4) beyond, as the model's crossovers across nodes suggest."""
-    from ringreduce._allreduce import AUTO_RING_BYTES, choose_algorithm
+    from ringreduce.core.choose import AUTO_RING_BYTES, choose_algorithm
     for p in (2, 3, 4):
         assert choose_algorithm(AUTO_RING_BYTES - 1, p) == "rhd"
         assert choose_algorithm(AUTO_RING_BYTES, p) == "ring"

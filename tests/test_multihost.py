@@ -1,7 +1,7 @@
 """A real multi-host run: two network namespaces stand in for two machines.
 
 Each namespace has only a loopback and one end of a veth pair ("rrnet"), addressed 10.231.0.1
-and 10.231.0.2 (the test's own /24; nothing else is ever contacted). `python -m ringreduce.run`
+and 10.231.0.2 (the test's own /24; nothing else is ever contacted). `python -m ringreduce.launch.run`
 runs inside the first namespace, like a launch from node 0, and starts 2 + 2 ranks from a
 hostfile; Hydra reaches the second "host" through a stand-in for ssh that runs the proxy in
 that host's namespace. The job checks `rr.allreduce`, every algorithm, against the native
@@ -218,7 +218,7 @@ def test_allreduce_across_two_namespaces(namespaces, tmp_path):
     env["RINGREDUCE_MULTIHOST_MARK"] = "forwarded"
     env["MPIEXEC_TIMEOUT"] = str(MPIEXEC_TIMEOUT_S)
     cmd = ["ip", "netns", "exec", namespaces[0],
-           sys.executable, "-m", "ringreduce.run", "--hostfile", str(hostfile),
+           sys.executable, "-m", "ringreduce.launch.run", "--hostfile", str(hostfile),
            "--launcher-exec", str(fake_ssh),
            # Not UCX: it would find both namespaces on one machine and use shared memory.
            "--env", "MPIR_CVAR_CH4_NETMOD=ofi", "--env", "FI_PROVIDER=tcp",

@@ -22,8 +22,8 @@ import pytest
 from mpi4py import MPI
 
 from ringreduce import pipeline, ps
-from ringreduce._schedule import chunk_bounds
-from ringreduce.pipeline import (CountingComm, MemoryBudgetError, Stage, check_memory_budget,
+from ringreduce.core.schedule import chunk_bounds
+from ringreduce.modes.pipeline import (CountingComm, MemoryBudgetError, Stage, check_memory_budget,
                                  gpipe_schedule, layer_parameter_counts, memory_bytes,
                                  mlp_layer_parameters, partition_layers)
 from ringreduce.training import SGD, DistributedSampler

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ringreduce._schedule import (binomial_tree, chunk_bounds, doubling_partners, fold,
+from ringreduce.core.schedule import (binomial_tree, chunk_bounds, doubling_partners, fold,
                                   halving_steps, owned_chunk, pow2_floor, ring_allgather_steps,
                                   ring_steps, segment_bounds, unfold_rank)
 
@@ -151,7 +151,7 @@ def test_halving_simulation(p2):
 @pytest.mark.parametrize("p", RANKS)
 def test_doubling_plan_combines_everyone_once(p):
     """Simulate the plan with sets: every rank ends holding every rank's contribution."""
-    from ringreduce._schedule import doubling_plan
+    from ringreduce.core.schedule import doubling_plan
     plans = [doubling_plan(r, p) for r in range(p)]
     held = [{r} for r in range(p)]
     # folding: absorb/give pairs

@@ -15,7 +15,7 @@ from mpi4py import MPI
 
 import ringreduce as rr
 from ringreduce import training
-from ringreduce._schedule import chunk_bounds
+from ringreduce.core.schedule import chunk_bounds
 from ringreduce.kernels import reference as float64_ref
 from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler, GradSync,
                                  broadcast_parameters, load_checkpoint, save_checkpoint)

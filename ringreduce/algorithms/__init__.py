@@ -2,7 +2,7 @@
 
     algorithm(comm, sendbuf, recvbuf, reduce, segment_elems) -> None
 
-``comm`` is a :class:`ringreduce._comm.Comm`; ``sendbuf`` and ``recvbuf`` are 1-D contiguous
+``comm`` is a :class:`ringreduce.transport.comm.Comm` (or the device transport); ``sendbuf`` and ``recvbuf`` are 1-D contiguous
 arrays of one dtype and length (``recvbuf is sendbuf`` means in place; the input is otherwise
 never written); ``reduce(dst, src)`` is the kernel for the op; ``segment_elems`` bounds one
 message. The caller has already checked that every rank agrees on all of it.

@@ -20,9 +20,9 @@ everything; every rank sends the whole vector lg p times, so it is poor for larg
 The same plan carries the header every call starts with (``_allreduce``), and for small
 messages the data travels in those very messages.
 """
-from .._comm import TAG_REDUCE
-from .._buffers import copy_into, scratch_like
-from .._schedule import doubling_plan
+from ..transport.tags import TAG_REDUCE
+from ..memory.buffers import copy_into, scratch_like
+from ..core.schedule import doubling_plan
 
 
 def doubling(comm, sendbuf, recvbuf, reduce, segment_elems):

@@ -39,88 +39,21 @@ a tree allreduce, and with one rank per node (k = 1) the plain leader algorithm.
 (the bytes crossing a node's link, times on one machine and over a rate-limited link) are in
 docs/cluster.md, "Hierarchical (two-level) allreduce".
 
-The node and leader communicators are made at the first call on a communicator (collective:
-every rank reaches it in the same call, after the header pass agreed on the algorithm) and
-kept on it.
+The node and leader communicators (``transport.topology.levels``) are made at the first call
+on a communicator (collective: every rank reaches it in the same call, after the header pass
+agreed on the algorithm) and kept in its state.
 """
-from mpi4py import MPI
-
-from .._comm import TAG_BCAST, TAG_REDUCE, Comm
-from .._config import get_config
-from .._buffers import copy_into, scratch_like
-from .._schedule import binomial_tree, segment_bounds
+from ..core.choose import choose_algorithm
+from ..core.schedule import binomial_tree, segment_bounds
+from ..memory.buffers import copy_into, scratch_like
+from ..transport.tags import TAG_BCAST, TAG_REDUCE
+from ..transport.topology import levels
 from .doubling import doubling
 from .rhd import rhd
 from .ring import ring
 
 # What the leader step runs: the algorithms ``choose_algorithm`` names for a flat communicator.
 _LEADER_ALGORITHMS = {"ring": ring, "rhd": rhd, "doubling": doubling}
-_STATE = "hierarchical_levels"
-
-
-class Levels:
-    """The two levels of one communicator: ``node`` (this rank's node, a :class:`Comm`,
-    leader first) and ``leaders`` (one rank per node, a :class:`Comm` on leaders only, else
-    None). ``local_size`` is what the split used (0: the nodes MPI reports; None: a node
-    communicator given by the caller)."""
-
-    def __init__(self, comm, node_mpi, local_size):
-        # The sub-communicators come from the library's private duplicate, so their traffic
-        # is already apart from the user's; the Comm wrapper duplicates them once more, and
-        # the intermediate handles are freed. The wrapper is the caller's class, so a
-        # PoliteComm (the background engine's) gets polite waits on both levels too.
-        cls = type(comm) if isinstance(comm, Comm) else Comm
-        self.local_size = local_size
-        self.node = cls(node_mpi)
-        node_mpi.Free()
-        is_leader = self.node.rank == 0
-        lead_mpi = comm.mpi.Split(0 if is_leader else MPI.UNDEFINED, comm.rank)
-        self.leaders = None
-        if is_leader:
-            self.leaders = cls(lead_mpi)
-            lead_mpi.Free()
-        # Every node's size, leaders' order, on every rank (one allgather, once): the
-        # layout this communicator runs on, for tests and for users to check their nodes.
-        self.node_sizes = tuple(s for s in comm.mpi.allgather(
-            self.node.size if is_leader else 0) if s)
-
-    def free(self):
-        """Free both communicators (collective over ``comm``, like their creation)."""
-        self.node.mpi.Free()
-        if self.leaders is not None:
-            self.leaders.mpi.Free()
-
-
-def split_nodes(comm, local_size):
-    """This rank's node as an mpi4py communicator ordered by ``comm``'s ranks (collective):
-    the MPI node for ``local_size`` 0, else ranks ``rank // local_size``."""
-    if not isinstance(local_size, int) or local_size < 0:
-        raise ValueError(f"local_size must be a whole number >= 0, got {local_size!r}")
-    if local_size:
-        return comm.mpi.Split(comm.rank // local_size, comm.rank)
-    return comm.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-
-
-def levels(comm, local_size=None, node=None):
-    """The :class:`Levels` of ``comm``, made at the first call and kept on it (collective
-    when it makes them). The split: ``node`` (this rank's node, an mpi4py communicator from a
-    ``Split`` of ``comm.mpi``, used and freed), else ``local_size``, else
-    ``RINGREDUCE_LOCAL_SIZE``. Asking for a split again once the levels exist is an error,
-    since the kept levels would silently win."""
-    st = comm.__dict__.get(_STATE)
-    if st is not None:
-        if node is not None or (local_size is not None and local_size != st.local_size):
-            asked = "a node communicator" if node is not None else f"local_size={local_size}"
-            raise ValueError(f"the hierarchical levels of this communicator already exist "
-                             f"(local_size={st.local_size}), got {asked}; "
-                             "use a new communicator for another split")
-        return st
-    if node is None:
-        if local_size is None:
-            local_size = get_config().local_size
-        node = split_nodes(comm, local_size)
-    st = comm.__dict__[_STATE] = Levels(comm, node, local_size)
-    return st
 
 
 def hierarchical(comm, sendbuf, recvbuf, reduce, segment_elems):
@@ -132,7 +65,6 @@ def hierarchical(comm, sendbuf, recvbuf, reduce, segment_elems):
     _reduce_to_leader(st.node, sendbuf, recvbuf, reduce, segment_elems)
     lead = st.leaders
     if lead is not None and lead.size > 1:
-        from .._allreduce import choose_algorithm  # _allreduce imports this package
         name = choose_algorithm(recvbuf.nbytes, lead.size)
         _LEADER_ALGORITHMS[name](lead, recvbuf, recvbuf, reduce, segment_elems)
     _broadcast_from_leader(st.node, recvbuf, segment_elems)

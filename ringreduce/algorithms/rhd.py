@@ -22,9 +22,9 @@ the ring's bandwidth with only 2 lg p latencies; other p add 2 alpha + 2 n beta 
 for the fold (Thakur, Rabenseifner and Gropp 2005). Good for medium messages; for large ones
 the ring's neighbour-only traffic pipelines better.
 """
-from .._comm import TAG_FOLD, TAG_GATHER, TAG_REDUCE
-from .._buffers import copy_into, scratch_like
-from .._schedule import chunk_bounds, fold, halving_steps, pow2_floor, unfold_rank
+from ..transport.tags import TAG_FOLD, TAG_GATHER, TAG_REDUCE
+from ..memory.buffers import copy_into, scratch_like
+from ..core.schedule import chunk_bounds, fold, halving_steps, pow2_floor, unfold_rank
 
 
 def rhd(comm, sendbuf, recvbuf, reduce, segment_elems):

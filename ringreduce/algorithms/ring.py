@@ -28,9 +28,9 @@ with the alpha term multiplied by the number of segments per chunk. The beta ter
 lower bound for any allreduce (Patarasuk and Yuan 2009), which is why the ring wins for large
 messages and loses for small ones, where 2 (p - 1) latencies dominate.
 """
-from .._comm import TAG_GATHER, TAG_REDUCE
-from .._buffers import copy_into, scratch_like
-from .._schedule import chunk_bounds, owned_chunk, ring_allgather_steps, ring_steps, segment_bounds
+from ..transport.tags import TAG_GATHER, TAG_REDUCE
+from ..memory.buffers import copy_into, scratch_like
+from ..core.schedule import chunk_bounds, owned_chunk, ring_allgather_steps, ring_steps, segment_bounds
 
 
 def ring(comm, sendbuf, recvbuf, reduce, segment_elems):

@@ -68,11 +68,11 @@ import numpy as np
 from mpi4py import MPI
 from numba import njit
 
-from .._comm import Comm
-from .._config import get_config
-from .._schedule import chunk_bounds
+from ..config import get_config
+from ..core.schedule import chunk_bounds
 from ..kernels.cpu import nb_max, nb_min, nb_prod, nb_sum
-from .hierarchical import split_nodes
+from ..transport.comm import Comm
+from ..transport.topology import split_nodes
 from .ring import ring
 
 # Bytes kept apart at the head of each rank's region for its barrier counter: two cache lines,
@@ -275,9 +275,9 @@ class _State:
 
 def state(comm):
     """The per-communicator shm state, made on first use (collective)."""
-    st = comm.__dict__.get("shm_state")
+    st = comm.state.shm
     if st is None:
-        st = comm.__dict__["shm_state"] = _State(comm)
+        st = comm.state.shm = _State(comm)
     return st
 
 

@@ -20,9 +20,9 @@ Cost (alpha per message, beta per byte sent, gamma per byte reduced; n bytes):
 lg p latencies each way make it good for small messages; the n lg p bandwidth term makes it
 poor for large ones, where the ring's 2 n (p - 1) / p is far smaller.
 """
-from .._comm import TAG_BCAST, TAG_REDUCE
-from .._buffers import copy_into, scratch_like
-from .._schedule import binomial_tree, segment_bounds
+from ..transport.tags import TAG_BCAST, TAG_REDUCE
+from ..memory.buffers import copy_into, scratch_like
+from ..core.schedule import binomial_tree, segment_bounds
 
 
 def tree(comm, sendbuf, recvbuf, reduce, segment_elems):

@@ -10,7 +10,8 @@ import pytest
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce._allreduce import DTYPES, choose_algorithm
+from ringreduce.core.choose import choose_algorithm
+from ringreduce.core.tables import DTYPES
 
 ALGS = ["auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical"]
 P = MPI.COMM_WORLD.Get_size()

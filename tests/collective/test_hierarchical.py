@@ -15,10 +15,12 @@ from mpi4py import MPI
 
 import ringreduce as rr
 # _allreduce first: it imports the algorithms package, which cannot be imported on its own.
-from ringreduce._allreduce import DTYPES, choose_algorithm
-from ringreduce._comm import Comm, PoliteComm
+from ringreduce.core.choose import choose_algorithm
+from ringreduce.core.tables import DTYPES
+from ringreduce.transport.comm import Comm, PoliteComm
 
 hmod = importlib.import_module("ringreduce.algorithms.hierarchical")
+topo = importlib.import_module("ringreduce.transport.topology")
 
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
@@ -64,9 +66,9 @@ def comm_for(layout, cls=Comm):
         c = cls(MPI.COMM_WORLD)
         k, colour = LAYOUTS[layout]
         if colour is None:
-            hmod.levels(c, local_size=k)
+            topo.levels(c, local_size=k)
         else:
-            hmod.levels(c, node=c.mpi.Split(colour(c.rank), c.rank))
+            topo.levels(c, node=c.mpi.Split(colour(c.rank), c.rank))
         _COMMS[key] = c
     return c
 
@@ -83,7 +85,7 @@ def allgather_bytes(comm, a):
 
 def test_layout(hcomm, comm):
     c, layout = hcomm
-    st = hmod.levels(c)
+    st = topo.levels(c)
     assert list(st.node_sizes) == expected_nodes(layout)
     # The leader is node rank 0 and the lowest world rank of its node.
     assert st.node.mpi.allreduce(RANK, op=MPI.MIN) == st.node.mpi.bcast(RANK, root=0)
@@ -205,7 +207,7 @@ def test_leader_step_runs_the_chosen_algorithm(hcomm, comm, monkeypatch):
     """The leaders run what choose_algorithm names for the full size on the leader count;
     the sizes are picked so doubling, rhd and the ring each run (with more than one node)."""
     c, _ = hcomm
-    st = hmod.levels(c)
+    st = topo.levels(c)
     ran = []
     for name, fn in list(hmod._LEADER_ALGORITHMS.items()):
         def record(lead, *args, _name=name, _fn=fn):
@@ -239,7 +241,7 @@ def test_grouped_allreduce(hcomm, comm):
 def test_polite_comm_levels_are_polite(comm):
     """The background engine talks through a PoliteComm; both levels must poll politely too."""
     c = comm_for("k2", PoliteComm)
-    st = hmod.levels(c)
+    st = topo.levels(c)
     assert type(st.node) is PoliteComm
     assert st.leaders is None or type(st.leaders) is PoliteComm
     x = np.arange(5000, dtype=np.float64) * (RANK + 1)
@@ -255,19 +257,19 @@ def test_engine_runs_hierarchical(comm):
 def test_resplit_is_refused_and_bad_local_size(comm):
     c = comm_for("k2")
     with pytest.raises(ValueError, match="already exist.*local_size=2.*local_size=3"):
-        hmod.levels(c, local_size=3)
-    assert hmod.levels(c, local_size=2) is hmod.levels(c)
+        topo.levels(c, local_size=3)
+    assert topo.levels(c, local_size=2) is topo.levels(c)
     with pytest.raises(ValueError, match="local_size must be a whole number >= 0, got -1"):
-        hmod.split_nodes(c, -1)
+        topo.split_nodes(c, -1)
 
 
 def test_default_split_follows_the_configuration(comm):
     """Without a pre-seeded split, the levels come from RINGREDUCE_LOCAL_SIZE (0 here unless
     the run sets it): the library's own communicator for COMM_WORLD."""
-    from ringreduce._comm import get_comm
+    from ringreduce.transport.comm import get_comm
     c = get_comm(comm)
     rr.allreduce(np.ones(3), algorithm="hierarchical")
-    st = hmod.levels(c)
+    st = topo.levels(c)
     k = rr.get_config().local_size
     assert st.local_size == k
     if k == 0:

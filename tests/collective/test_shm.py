@@ -14,8 +14,9 @@ import pytest
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce._allreduce import DTYPES, _kernels
-from ringreduce._comm import get_comm
+from ringreduce.core.tables import DTYPES
+from ringreduce.memory.host import HOST
+from ringreduce.transport.comm import get_comm
 
 # The module, not the function of the same name that ringreduce.algorithms re-exports.
 shm_mod = importlib.import_module("ringreduce.algorithms.shm")
@@ -43,7 +44,7 @@ def one_node(comm):
 
 def fold(xs, op):
     """Left fold in rank order with the library's own kernel: the bits shm must produce."""
-    reduce, scale = _kernels(op, xs[0].dtype)
+    reduce, scale = HOST.kernels(op, xs[0].dtype)
     acc = xs[0].copy()
     for x in xs[1:]:
         reduce(acc, x)
@@ -114,7 +115,7 @@ def test_window_is_reused_and_grows(comm):
     x = np.full(1000, RANK + 1.0)
     rr.allreduce(x, algorithm="shm", comm=c)
     if P == 1:
-        assert "shm_state" not in st_comm.__dict__  # one rank: nothing to share
+        assert st_comm.state.shm is None  # one rank: nothing to share
         return
     st = shm_mod.state(st_comm)
     first = st.window
@@ -133,7 +134,7 @@ def test_window_is_reused_and_grows(comm):
 
 
 def test_auto_uses_shm_on_one_node_for_mid_size_messages(comm, one_node):
-    from ringreduce._allreduce import AUTO_SHM_BYTES, AUTO_SHM_MAX_BYTES, choose_algorithm
+    from ringreduce.core.choose import AUTO_SHM_BYTES, AUTO_SHM_MAX_BYTES, choose_algorithm
     for p in (2, 3, 4, 8):
         assert choose_algorithm(AUTO_SHM_BYTES, p, one_node=True) == "shm"
         assert choose_algorithm(AUTO_SHM_MAX_BYTES - 1, p, one_node=True) == "shm"
@@ -181,7 +182,7 @@ def test_several_nodes(comm, monkeypatch, per_node):
 
 def test_polite_comm_naps_while_it_waits(comm):
     """The background engine's PoliteComm must not spin a core in shm's barrier either."""
-    from ringreduce._comm import PoliteComm
+    from ringreduce.transport.comm import PoliteComm
     if P == 1:
         pytest.skip("one rank never waits")
     pc = PoliteComm(fresh_comm(comm))

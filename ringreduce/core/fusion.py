@@ -1,4 +1,5 @@
-"""Tensor fusion: pure bucket assignment plus pack/unpack, kept apart from the sending.
+"""Tensor fusion: pure bucket assignment, kept apart from the packing (each memory backend's
+``pack``/``unpack``) and the sending (``collectives/grouped.py``).
 
 A *bucket* is a run of whole tensors of one dtype, packed into one contiguous fusion buffer
 and reduced with one allreduce (Horovod's fusion buffer; PyTorch DDP's buckets). Fusing pays
@@ -55,23 +56,9 @@ def offsets_of(arrays):
     return offs, total
 
 
-def pack(arrays, buffer, offsets):
-    """Copy each array (any shape, any strides) into its place in the 1-D ``buffer``."""
-    for a, off in zip(arrays, offsets):
-        if a.size:
-            buffer[off:off + a.size].reshape(a.shape)[...] = a
-
-
-def unpack(buffer, arrays, offsets):
-    """Copy each array's slice of ``buffer`` back into the array (writes through views)."""
-    for a, off in zip(arrays, offsets):
-        if a.size:
-            a[...] = buffer[off:off + a.size].reshape(a.shape)
-
-
-def group_by_dtype(arrays):
+def group_by_dtype(dtypes):
     """``{dtype: [index, ...]}`` in order of first appearance: buckets never mix dtypes."""
     groups = {}
-    for i, a in enumerate(arrays):
-        groups.setdefault(np.dtype(a.dtype), []).append(i)
+    for i, dtype in enumerate(dtypes):
+        groups.setdefault(np.dtype(dtype), []).append(i)
     return groups

@@ -9,13 +9,25 @@ import time
 
 from mpi4py import MPI
 
-from ._config import check_agreement
+from ..config import check_agreement
 
-# Tags keep the phases of one call apart even when two phases talk to the same neighbour.
-TAG_REDUCE = 11
-TAG_GATHER = 12
-TAG_FOLD = 13
-TAG_BCAST = 14
+
+class CommState:
+    """What the layers above keep per library communicator, declared in one place instead
+    of attributes stuck onto :class:`Comm` by each of them:
+
+    - ``header``: the header pass's plan and buffers (``collectives/header.py``);
+    - ``levels``: the node and leader communicators (``transport/topology.py``);
+    - ``shm``: the shared-memory window and its node layout (``algorithms/shm.py``);
+    - ``fusion``: fusion buffers by ``(memory, dtype)`` (``memory/``);
+    - ``device``: the device transport with its pinned staging buffers
+      (``transport/device.py``).
+    """
+    __slots__ = ("header", "levels", "shm", "fusion", "device")
+
+    def __init__(self):
+        self.header = self.levels = self.shm = self.device = None
+        self.fusion = {}
 
 
 class Comm:
@@ -29,7 +41,7 @@ class Comm:
         self.size = self.mpi.Get_size()
         self.left = (self.rank - 1) % self.size
         self.right = (self.rank + 1) % self.size
-        self.header_state = None  # filled by _allreduce on first use
+        self.state = CommState()
 
     def isend(self, buf, dest, tag):
         return self.mpi.Isend([buf, MPI.BYTE], dest, tag)
@@ -84,7 +96,30 @@ class PoliteComm(Comm):
         self.waitall([self.irecv(recvbuf, source, tag), self.isend(sendbuf, dest, tag)])
 
 
-_comms = {}
+_dups = {}  # (user communicator handle, purpose) -> (user comm, its group, duplicate)
+
+
+def _private(comm, purpose, make):
+    """``make(comm)``, made once per user communicator and purpose and then kept."""
+    key = (comm.handle, purpose)
+    cached = _dups.get(key)
+    if cached is not None:
+        # A freed communicator's handle can be reused by a new one: only reuse the duplicate
+        # when the group is the same (a local call, no messages).
+        user, group, made = cached
+        if user is comm or MPI.Group.Compare(group, comm.Get_group()) == MPI.IDENT:
+            return made
+    made = make(comm)
+    _dups[key] = (comm, comm.Get_group(), made)
+    return made
+
+
+def _new_comm(comm):
+    wrapped = Comm(comm)
+    # The first collective on a communicator: make sure every rank runs with the same
+    # settings before any schedule depends on them.
+    check_agreement(wrapped.mpi)
+    return wrapped
 
 
 def get_comm(comm=None):
@@ -96,16 +131,11 @@ def get_comm(comm=None):
         comm = MPI.COMM_WORLD
     if isinstance(comm, Comm):
         return comm
-    key = comm.handle
-    cached = _comms.get(key)
-    if cached is not None:
-        # A freed communicator's handle can be reused by a new one: only reuse the duplicate
-        # when the group is the same (a local call, no messages).
-        if cached.user is comm or MPI.Group.Compare(cached.group, comm.Get_group()) == MPI.IDENT:
-            return cached
-    wrapped = Comm(comm)
-    # The first collective on a communicator: make sure every rank runs with the same
-    # settings before any schedule depends on them.
-    check_agreement(wrapped.mpi)
-    _comms[key] = wrapped
-    return wrapped
+    return _private(comm, "collectives", _new_comm)
+
+
+def control_comm(comm=None):
+    """A second private duplicate of ``comm`` (an mpi4py communicator), for a layer's own
+    small collectives such as ``broadcast_parameters``: they can then never match messages
+    of an allreduce that the background engine drives on the same user communicator."""
+    return _private(MPI.COMM_WORLD if comm is None else comm, "control", lambda c: c.Dup())

@@ -8,17 +8,18 @@ uncaught exception; importing ringreduce installs the same behaviour for plain
 printed first, then ``MPI_Abort(COMM_WORLD, 1)`` ends every rank with a non-zero exit code.
 Uncaught exceptions in other threads do the same.
 """
-import os
 import sys
 import threading
 import time
+
+from ..config import abort_on_exception
 
 _installed = False
 # Called before MPI_Abort (the timeline writes its last events here).
 before_abort = []
 
 
-def _abort(code=1):
+def abort(code=1):
     from mpi4py import MPI
     for fn in before_abort:
         try:
@@ -35,7 +36,7 @@ def _abort(code=1):
 
 def install():
     global _installed
-    if _installed or os.environ.get("RINGREDUCE_ABORT_ON_EXCEPTION", "1") == "0":
+    if _installed or not abort_on_exception():
         return
     _installed = True
     previous = sys.excepthook
@@ -46,14 +47,14 @@ def install():
         if not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
             sys.stderr.write("ringreduce: uncaught exception on this rank; aborting the job "
                              "so the other ranks do not wait forever\n")
-            _abort(1)
+            abort(1)
 
     def thread_hook(args):
         previous_thread(args)
         if args.exc_type is not SystemExit:
             sys.stderr.write(f"ringreduce: uncaught exception in thread {args.thread.name}; "
                              "aborting the job\n")
-            _abort(1)
+            abort(1)
 
     sys.excepthook = hook
     threading.excepthook = thread_hook

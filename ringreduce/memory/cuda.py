@@ -1,9 +1,7 @@
-"""Buffer helpers shared by the host and device paths, with no package imports of their own.
+"""numba-cuda, loaded only when a device array arrives, and how device arrays are recognised.
 
-The algorithms call :func:`scratch_like` and :func:`copy_into` instead of ``np.empty`` and
-``dst[...] = src`` so that they run unchanged on CUDA device buffers (``_device.py``); this
-module sits below both, so importing either one first never meets a half-built module.
-numba-cuda loads only when a device array actually arrives.
+Importing ringreduce never imports numba-cuda: :func:`is_device_array` only looks at
+attributes, so the CPU path stays cheap and never fails on a machine without a GPU.
 """
 import numpy as np
 
@@ -24,37 +22,26 @@ def is_device_array(x):
         return True
 
 
-class _Cuda:
+class Cuda:
     """numba.cuda and ringreduce.kernels.cuda, loaded once; ``sim``: the CUDA simulator."""
     cuda = ck = driver = None
     sim = False
 
 
-def _require_cuda():
+def require_cuda():
     """The loaded modules, or RuntimeError saying why device arrays cannot be reduced here."""
-    if _Cuda.cuda is None:
-        from .kernels import cuda as ck
+    if Cuda.cuda is None:
+        from ..kernels import cuda as ck
         if not ck.cuda_available():
             raise RuntimeError(f"got a CUDA device array, but {ck.unavailable_reason()}")
         from numba import config, cuda
-        _Cuda.sim = bool(config.ENABLE_CUDASIM)
-        if not _Cuda.sim:
+        Cuda.sim = bool(config.ENABLE_CUDASIM)
+        if not Cuda.sim:
             from numba.cuda.cudadrv import driver
-            _Cuda.driver = driver
-        _Cuda.ck, _Cuda.cuda = ck, cuda
-    return _Cuda
+            Cuda.driver = driver
+        Cuda.ck, Cuda.cuda = ck, cuda
+    return Cuda
 
 
-def scratch_like(buf, n):
-    """``n`` uninitialised elements of ``buf``'s dtype, where ``buf`` lives."""
-    if isinstance(buf, np.ndarray):
-        return np.empty(n, buf.dtype)
-    return _Cuda.cuda.device_array(n, buf.dtype)
-
-
-def copy_into(dst, src):
-    """``dst[...] = src`` for 1-D buffers of one length, on the host or on the device."""
-    if isinstance(dst, np.ndarray):
-        dst[...] = src
-    else:
-        _Cuda.ck.pack([src], dst, [0])
+def synchronize():
+    Cuda.cuda.synchronize()

@@ -23,7 +23,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ._allreduce import ALGORITHMS, allreduce
+from ..algorithms import ALGORITHMS
+from ..collectives.allreduce import allreduce
 
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
          "G": 1 << 30, "GB": 1 << 30}

@@ -4,11 +4,19 @@ Every variable is parsed on first use; a bad value is a ``ValueError`` naming th
 value and what is allowed. The first collective on a communicator (its duplication in
 ``_comm.get_comm``) also compares the parsed values across ranks, so ranks started with
 different settings all raise instead of running different schedules.
+
+Two variables are read at every use instead, because they are asked before anything else
+is set up and may be changed by the process itself: ``RINGREDUCE_CUDA_AWARE``
+(:func:`cuda_aware_setting`, asked by every device call before its header) and
+``RINGREDUCE_ABORT_ON_EXCEPTION`` (:func:`abort_on_exception`, asked when ringreduce is
+imported). Every ``RINGREDUCE_*`` variable is read in this module and nowhere else.
 """
 import math
 import numbers
 import os
 from dataclasses import astuple, dataclass, fields
+
+from .core.tables import ALGORITHM_NAMES
 
 # Defaults. FUSION_THRESHOLD: 64 MiB, from the fusion sweep in docs/benchmarks.md
 # ("Fusion threshold"): on the ResNet-50-shaped list, 16, 64 and 128 MiB buckets were within
@@ -71,7 +79,6 @@ def _int_bytes(name, text, allowed):
 
 def parse(env=None):
     """Parse the ``RINGREDUCE_*`` variables of ``env`` (default ``os.environ``)."""
-    from ._allreduce import ALGORITHM_NAMES
     env = os.environ if env is None else env
 
     def get(name):
@@ -99,6 +106,27 @@ def parse(env=None):
                     "a whole number of ranks per node >= 0 (0 uses the nodes MPI reports)")
     timeline = str(get("RINGREDUCE_TIMELINE"))
     return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg, local)
+
+
+
+def cuda_aware_setting(env=None):
+    """``RINGREDUCE_CUDA_AWARE``: True (1: MPI takes device memory), False (0: stage through
+    host memory) or None (auto, the default: ask the MPI library). ValueError otherwise."""
+    env = os.environ if env is None else env
+    text = env.get("RINGREDUCE_CUDA_AWARE", "auto").strip().lower()
+    if text in ("1", "0"):
+        return text == "1"
+    if text == "auto":
+        return None
+    raise ValueError(f"RINGREDUCE_CUDA_AWARE={text!r} is not valid; expected 1 (MPI "
+                     "takes device memory), 0 (stage through host memory) or auto")
+
+
+def abort_on_exception(env=None):
+    """``RINGREDUCE_ABORT_ON_EXCEPTION``: False only for "0" (the default 1 aborts the job
+    when one rank dies of an uncaught exception)."""
+    env = os.environ if env is None else env
+    return env.get("RINGREDUCE_ABORT_ON_EXCEPTION", "1") != "0"
 
 
 _config = None

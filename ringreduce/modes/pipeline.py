@@ -47,9 +47,9 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ._comm import PoliteComm
-from ._schedule import chunk_bounds
-from .training import NonFiniteGradientError
+from ..transport.comm import PoliteComm
+from ..core.schedule import chunk_bounds
+from ..training import NonFiniteGradientError
 
 __all__ = [
     "gpipe_schedule",

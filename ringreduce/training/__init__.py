@@ -43,10 +43,12 @@ import zlib
 import numpy as np
 from mpi4py import MPI
 
-import ringreduce as rr
-from ._config import is_whole
-from ._fusion import assign_buckets
-from ._schedule import chunk_bounds
+from ..collectives.grouped import grouped_allreduce
+from ..config import is_whole
+from ..core.fusion import assign_buckets
+from ..core.schedule import chunk_bounds
+from ..engine.api import allreduce_async
+from ..transport.comm import control_comm
 
 __all__ = [
     "broadcast_parameters",
@@ -65,27 +67,6 @@ __all__ = [
 # broadcast_parameters
 # ---------------------------------------------------------------------------------------------
 
-_control_comms = {}
-
-
-def _control_comm(comm):
-    """A private duplicate of ``comm`` for this module's own collectives, made once per comm.
-
-    Separate from the allreduce's duplicate so a broadcast can never match messages of an
-    allreduce that the library's background thread is driving on the same user communicator.
-    """
-    if comm is None:
-        comm = MPI.COMM_WORLD
-    cached = _control_comms.get(comm.handle)
-    # A freed communicator's handle can be reused by a new one; the group tells them apart.
-    if cached is not None and (cached[0] is comm or MPI.Group.Compare(
-            cached[0].Get_group(), comm.Get_group()) == MPI.IDENT):
-        return cached[1]
-    dup = comm.Dup()
-    _control_comms[comm.handle] = (comm, dup)
-    return dup
-
-
 def _describe(a):
     return f"{a.dtype}{tuple(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
 
@@ -99,7 +80,7 @@ def broadcast_parameters(arrays, root=0, comm=None):
     of letting mismatched broadcasts hang or scribble over memory. Collective over ``comm``
     (default ``COMM_WORLD``).
     """
-    c = _control_comm(comm)
+    c = control_comm(comm)
     rank, size = c.Get_rank(), c.Get_size()
     # Every rank sees every rank's root, so a bad or differing root raises on all of them
     # (a root checked on one rank alone would leave the others waiting in the broadcast).
@@ -310,7 +291,7 @@ def _check_same_layout(params, cap, comm):
         problem, mine = None, (int(cap), [(tuple(p.shape), str(p.dtype)) for p in params])
     except (TypeError, ValueError) as exc:
         problem, mine = exc, None
-    everyone = _control_comm(comm).allgather(
+    everyone = control_comm(comm).allgather(
         (None if problem is None else f"{type(problem).__name__}: {problem}", mine))
     if problem is not None:
         raise problem
@@ -350,7 +331,7 @@ class GradSync:
         if finite: optimizer.step(sync.grads)
 
     ``mark_ready(i)`` says ``grads[i]`` is final; when a bucket's last gradient is marked, its
-    ``rr.allreduce_async(op="sum")`` starts at once and runs in the library's background thread
+    ``allreduce_async(op="sum")`` starts at once and runs in the library's background thread
     while backward goes on with earlier layers. :meth:`wait` starts any bucket not started yet,
     waits for all of them and returns whether every reduced gradient is finite. The reduced
     buffer is bitwise identical on every rank, so that check gives the same answer on every
@@ -444,7 +425,7 @@ class GradSync:
             self._launch(k)
 
     def _launch(self, k):
-        self._handles[k] = rr.allreduce_async(
+        self._handles[k] = allreduce_async(
             self.buffers[k], "sum", name=f"{self._tag}.bucket{k}", algorithm=self.algorithm,
             comm=self.comm, out=self.buffers[k])
 
@@ -470,7 +451,7 @@ class GradSync:
             else:
                 # Nothing to overlap with any more: one blocking call in this thread, so no
                 # background engine runs (and polls) while backward computes.
-                rr.grouped_allreduce(self.buffers, "sum", algorithm=self.algorithm,
+                grouped_allreduce(self.buffers, "sum", algorithm=self.algorithm,
                                      comm=self.comm, inplace=True)
         finally:
             self._handles = [None] * len(self.buffers)
@@ -517,7 +498,7 @@ class _Optimizer:
     _state_names = ()
 
     def __init__(self, params):
-        from .kernels.optim import get_optimizer_kernels
+        from ..kernels.optim import get_optimizer_kernels
 
         self.params = list(params)
         if not self.params:

@@ -87,13 +87,13 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ._comm import PoliteComm
-from ._config import is_whole
-from ._schedule import chunk_bounds
+from ..transport.comm import PoliteComm
+from ..config import is_whole
+from ..core.schedule import chunk_bounds
 from .pipeline import (CountingComm, _rank_summary, _step_times, check_memory_budget,
                        layer_parameter_counts, memory_bytes, new_timed, record_step,
                        warm_up_optimizer)
-from .training import NonFiniteGradientError
+from ..training import NonFiniteGradientError
 
 __all__ = ["shard_bounds", "roles", "flatten_parameters", "memory_estimates", "may_answer",
            "train_ps"]

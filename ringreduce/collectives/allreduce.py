@@ -1,0 +1,99 @@
+"""``allreduce``: validate, agree across ranks, pick an algorithm, run it; one body for every
+memory backend (``memory/``).
+
+Agreement is the header pass (``header.py``); any schedule decision ("auto", segment sizes)
+is taken after it, from agreed values. A call's plan (kernels, signature, whether it rides in
+the header) depends only on (memory, shape, dtype, op, algorithm, segment_bytes) and is
+computed once per such key: small calls are dominated by per-call Python work.
+"""
+from ..config import segment_size
+from ..core.choose import rides_in_header
+from ..core.tables import DTYPE_CODE, algorithm_code, op_code, signature
+from ..memory import backend_of
+from ..transport.comm import get_comm
+from .calls import check_out, output_buffer, resolve_algorithm
+from .header import fail_everywhere, negotiate
+from .run import run_algorithm
+
+_PLANS = {}
+
+
+class _Call:
+    """One rank's validated view of one allreduce call."""
+    __slots__ = ("mem", "arr", "op", "algorithm", "seg_bytes", "reduce", "scale", "target",
+                 "same", "sig", "piggyback")
+
+    def __init__(self, mem, x, op, algorithm, out, segment_bytes):
+        self.mem = mem
+        arr = self.arr = mem.view(x)
+        shape, dtype = mem.shape(arr), mem.dtype(arr)
+        key = (mem.name, shape, dtype, op, algorithm, segment_bytes)
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _PLANS[key] = self._plan(mem, shape, dtype, arr.size, op, algorithm,
+                                            segment_bytes)
+        (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
+         self.sig) = plan
+        self.target, self.same = check_out(mem, x, arr, out)
+        mem.prepare()
+
+    @staticmethod
+    def _plan(mem, shape, dtype, size, op, algorithm, segment_bytes):
+        algorithm = resolve_algorithm(mem, op, algorithm)
+        reduce, scale = mem.kernels(op, dtype)
+        seg = segment_size(segment_bytes, dtype)
+        piggyback = mem.piggyback and rides_in_header(size * dtype.itemsize, algorithm)
+        sig = signature(size, DTYPE_CODE[dtype], op_code(op), algorithm_code(algorithm), seg,
+                        shape, mem.mark)
+        return op, algorithm, reduce, scale, seg, piggyback, sig
+
+    def describe(self):
+        return {"call": "allreduce", "shape": self.mem.shape(self.arr),
+                "dtype": str(self.mem.dtype(self.arr)), "op": self.op,
+                "algorithm": self.algorithm, "segment_bytes": self.seg_bytes,
+                "memory": self.mem.name}
+
+
+def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None):
+    """Reduce ``x`` element-wise over all ranks of ``comm``; every rank gets the result.
+
+    ``x``: a numpy array of any shape, or anything numpy can view without copying (the buffer
+    protocol, ``__array_interface__``, a CPU torch tensor); non-contiguous input is fine.
+    A CUDA device array (anything with ``__cuda_array_interface__``) is reduced on the GPU;
+    ``out`` must then be a device array too, and the result for ``out=None`` is a new Numba
+    device array. ``op``: "sum", "avg", "min", "max" or "prod". ``algorithm``: "auto" or one
+    of ``ALGORITHM_NAMES``. ``comm``: an mpi4py communicator (default COMM_WORLD).
+    ``out``: ``None`` for a new array, ``x`` itself to reduce in place, or another array of
+    x's shape and dtype. ``segment_bytes``: the largest single message (default
+    ``RINGREDUCE_SEGMENT_BYTES``, 1 MiB).
+
+    Every rank gets a bitwise-identical result, of x's shape and dtype. Ranks that pass
+    different shapes, dtypes, ops, algorithms or memory kinds all raise
+    :class:`MismatchError`; a rank whose input is invalid raises its own error and the others
+    raise the same type naming it. Either way the library stays usable.
+    """
+    c = get_comm(comm)
+    mem = backend_of(x)
+    try:
+        call = _Call(mem, x, op, algorithm, out, segment_bytes)
+    except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank
+        fail_everywhere(c, exc)
+    arr, target = call.arr, call.target
+    flat_in = mem.flatten(arr)
+    flat_out, write_back = output_buffer(mem, arr, flat_in, target, call.same, call.piggyback)
+
+    reduced = negotiate(c, call.sig, None, call.describe,
+                        flat_in if call.piggyback else None, call.reduce)
+    if reduced is not None:
+        if flat_out is None:
+            flat_out = reduced.copy()
+        else:
+            flat_out[...] = reduced
+    elif arr.size:
+        run_algorithm(c, mem, call.algorithm, flat_in, flat_out, call.reduce, call.seg_bytes)
+    if call.scale is not None and arr.size:
+        call.scale(flat_out, c.size)
+    if write_back:
+        mem.write_back(target, flat_out)
+    mem.sync()
+    return flat_out.reshape(mem.shape(arr)) if target is None else out

@@ -1,0 +1,129 @@
+"""``grouped_allreduce``: many tensors, fused into few buckets, one allreduce per bucket; one
+body for every memory backend, and one bucket reduction (:func:`reduce_bucket`) that the
+background engine uses too."""
+import time
+
+from ..config import fusion_sizes
+from ..core.fusion import group_by_dtype, offsets_of, plan_buckets
+from ..core.tables import DTYPE_CODE, algorithm_code, op_code, signature
+from ..memory import backend_of_group
+from ..transport.comm import get_comm
+from .calls import resolve_algorithm
+from .header import fail_everywhere, negotiate
+from .run import run_algorithm
+
+
+class Group:
+    """One rank's validated view of a list of arrays to reduce together."""
+
+    def __init__(self, arrays, op, algorithm, inplace, fusion_threshold, segment_bytes):
+        mem = self.mem = backend_of_group(arrays)
+        self.arrs = [mem.view(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+        self.algorithm = resolve_algorithm(mem, op, algorithm)
+        self.op = op
+        self.kernels = {}
+        for a in self.arrs:
+            dtype = mem.dtype(a)
+            if dtype not in self.kernels:
+                self.kernels[dtype] = mem.kernels(op, dtype)
+        if inplace:
+            for i, (x, a) in enumerate(zip(arrays, self.arrs)):
+                if not mem.writeable(x, a):
+                    raise ValueError(f"inplace=True needs writeable arrays; arrays[{i}] is "
+                                     "read-only")
+        self.cap, self.seg = fusion_sizes(fusion_threshold, segment_bytes)
+        mem.prepare()
+
+    def signature(self):
+        # The cap and the segment size shape the buckets and the messages: ranks must agree.
+        mem = self.mem
+        return signature(len(self.arrs),
+                         tuple((mem.shape(a), DTYPE_CODE[mem.dtype(a)]) for a in self.arrs),
+                         op_code(self.op), algorithm_code(self.algorithm), self.cap, self.seg,
+                         mem.mark)
+
+    def describe(self):
+        mem = self.mem
+        return {"call": "grouped_allreduce", "tensors": len(self.arrs),
+                "shapes": tuple(mem.shape(a) for a in self.arrs),
+                "dtypes": tuple(str(mem.dtype(a)) for a in self.arrs), "op": self.op,
+                "algorithm": self.algorithm, "fusion_threshold": self.cap,
+                "segment_bytes": self.seg, "memory": mem.name}
+
+
+def bucket_plan(mem, arrays, cap, seg):
+    """``[(dtype, [index, ...]), ...]``: the buckets a list of ``mem`` arrays is reduced in,
+    the same on every backend. A tensor of at least one segment pipelines well on its own:
+    it is reduced where it lies instead of being copied twice through the fusion buffer."""
+    direct = seg if cap > 0 else 0
+    plan = []
+    for dtype, idx in group_by_dtype([mem.dtype(a) for a in arrays]).items():
+        for bucket in plan_buckets([arrays[i].nbytes for i in idx], cap, direct,
+                                   [mem.contiguous(arrays[i]) for i in idx]):
+            plan.append((dtype, [idx[j] for j in bucket]))
+    return plan
+
+
+def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=False,
+                      fusion_threshold=None, segment_bytes=None):
+    """Allreduce a list of arrays with few messages: fused per dtype into buckets of at most
+    ``fusion_threshold`` bytes (default ``RINGREDUCE_FUSION_THRESHOLD``), one allreduce each.
+
+    Returns a list of results, one per array, each of its array's shape and dtype. With
+    ``inplace=True`` the results are written into the given arrays (numpy arrays or zero-copy
+    views such as a CPU torch tensor's ``t.numpy()``) and those are returned. Every rank must
+    pass the same number of arrays with the same shapes and dtypes, in the same order; if
+    not, every rank raises :class:`MismatchError` naming the first difference.
+    A list of CUDA device arrays is fused and reduced on the GPU, and the results are device
+    arrays; host and device arrays cannot share one call.
+    """
+    c = get_comm(comm)
+    try:
+        g = Group(arrays, op, algorithm, inplace, fusion_threshold, segment_bytes)
+        sig = g.signature()
+    except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank
+        fail_everywhere(c, exc)
+    negotiate(c, sig, None, g.describe)
+    mem, arrs = g.mem, g.arrs
+    outs = arrs if inplace else [mem.empty(mem.shape(a), mem.dtype(a)) for a in arrs]
+    for dtype, members in bucket_plan(mem, arrs, g.cap, g.seg):
+        reduce, scale = g.kernels[dtype]
+        reduce_bucket(c, mem, [arrs[i] for i in members], [outs[i] for i in members],
+                      dtype, reduce, scale, g.algorithm, g.seg)
+    mem.sync()
+    return list(arrays) if inplace else outs
+
+
+def reduce_bucket(c, mem, ins, outs, dtype, reduce, scale, algorithm, seg, times=None):
+    """Reduce one bucket of ``mem`` arrays over ``c``: a lone contiguous tensor goes straight
+    through, else pack, reduce in the fusion buffer, unpack. The ranks already agreed on
+    everything, so no header. Returns the bytes reduced; ``times``, a list, receives the
+    perf_counter stamps (start, packed, reduced, unpacked) for the timeline."""
+    t0 = time.perf_counter() if times is not None else 0.0
+    if len(ins) == 1 and mem.contiguous(ins[0]) and mem.contiguous(outs[0]):
+        src = mem.flat(ins[0])
+        # The same object when in place: algorithms recognise in-place by identity.
+        dst = src if outs[0] is ins[0] else mem.flat(outs[0])
+        if src.size:
+            run_algorithm(c, mem, algorithm, src, dst, reduce, seg)
+            if scale is not None:
+                scale(dst, c.size)
+        if times is not None:
+            t1 = time.perf_counter()
+            times[:] = (t0, t0, t1, t1)
+        return src.nbytes
+    offsets, total = offsets_of(ins)
+    buf = mem.fusion_buffer(c, dtype, total)
+    if total:
+        mem.pack(ins, buf, offsets)
+        t1 = time.perf_counter() if times is not None else 0.0
+        run_algorithm(c, mem, algorithm, buf, buf, reduce, seg)
+        if scale is not None:
+            scale(buf, c.size)
+        t2 = time.perf_counter() if times is not None else 0.0
+        mem.unpack(buf, outs, offsets)
+    else:
+        t1 = t2 = t0
+    if times is not None:
+        times[:] = (t0, t1, t2, time.perf_counter())
+    return buf.nbytes

@@ -1,0 +1,161 @@
+"""The header pass: every rank learns, in lg p exchanges, whether all ranks agree on a call.
+
+Every collective starts here. The pass is a recursive doubling (``core.schedule.doubling_plan``)
+whose messages carry a 24-byte header: a signature of the call (``core.tables.signature``) as
+``[sig, -sig]`` and an error flag, combined by element-wise maximum. After lg p steps every
+rank holds the maximum and the minimum signature over all ranks and knows whether any rank
+rejected its input, so a mismatch raises on every rank in the same call and never leaves one
+rank waiting in a schedule the others did not enter. Only then, on that rare path, an
+``allgather`` names who sent what.
+
+Small payloads ride in the same messages (where the memory backend allows it): the payload
+is appended to the header and reduced on the way, so a small allreduce is lg p exchanges with
+no separate negotiation (the piggy-backed header costs 24 bytes). Everything else pays one
+header-only pass of lg p tiny exchanges, then runs the schedule every rank agreed on.
+"""
+import struct
+
+import numpy as np
+
+from ..core.choose import PIGGYBACK_CAP
+from ..core.schedule import doubling_plan
+from ..errors import MismatchError
+from ..transport.tags import TAG_FOLD
+
+_HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
+
+
+def fail_everywhere(c, local_error):
+    """This rank could not even form its call: tell every rank (which all raise), then raise
+    ``local_error`` here."""
+    negotiate(c, 0, local_error, None)
+
+
+class HeaderState:
+    """Per-communicator state of the header pass: its plan, two message buffers (each the
+    header followed by up to PIGGYBACK_CAP payload bytes), and per payload dtype and length
+    the typed views of their payloads and the messages (header and payload) they send,
+    cached because small calls are dominated by such per-call Python overhead."""
+
+    def __init__(self, c):
+        self.plan = doubling_plan(c.rank, c.size)
+        self.bufs = (np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8),
+                     np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
+        self.headers = tuple(b[:_HEADER.size] for b in self.bufs)
+        self.views = {}
+
+    def payload(self, dtype, n):
+        """``(payload views, messages)``, one of each per buffer."""
+        v = self.views.get((dtype, n))
+        if v is None:
+            h, end = _HEADER.size, _HEADER.size + n * dtype.itemsize
+            v = self.views[(dtype, n)] = (tuple(b[h:end].view(dtype) for b in self.bufs),
+                                          tuple(b[:end] for b in self.bufs))
+        return v
+
+
+def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
+    """The header pass over ``c``: every rank learns whether all agree on ``sig``.
+
+    ``sig`` is this rank's signature of the call (ignored when ``local_error`` is set);
+    ``describe`` a dict of what the signature covers, or a function returning one (called
+    only on a mismatch, so the common path does not pay for it), used to explain a mismatch.
+    ``payload`` (a 1-D array of at most PIGGYBACK_CAP bytes) rides along and is reduced with
+    ``reduce`` on the way; the return value is then the reduced payload (a view into a buffer
+    reused by the next call: copy it out), else None. Raises on every rank if any rank
+    disagrees or failed.
+    """
+    if c.size == 1:
+        if local_error is not None:
+            raise local_error
+        return payload
+    st = c.state.header
+    if st is None:
+        st = c.state.header = HeaderState(c)
+    bufs = st.bufs
+    err = 0 if local_error is None else 1
+    if err:
+        sig, payload = 0, None
+    _HEADER.pack_into(bufs[0], 0, sig, -sig, err)
+    nbytes = 0
+    msgs = st.headers
+    if payload is not None:
+        nbytes = payload.nbytes
+        views, msgs = st.payload(payload.dtype, payload.size)
+        views[0][...] = payload
+    agreed = (sig, -sig, 0)
+    b = 0  # bufs[b] holds this rank's partial result, bufs[1 - b] what a partner sent
+    for action, peer in st.plan:
+        if action == "give" or action == "return":
+            c.send(msgs[b], peer, TAG_FOLD)
+            continue
+        if action == "take":
+            c.recv(bufs[b], peer, TAG_FOLD)
+            continue
+        if action == "exchange":
+            c.sendrecv(msgs[b], peer, bufs[1 - b], peer, TAG_FOLD)
+        else:  # absorb
+            c.recv(bufs[1 - b], peer, TAG_FOLD)
+        s = _HEADER.unpack_from(bufs[b])
+        t = _HEADER.unpack_from(bufs[1 - b])
+        if s != t:  # combine: element-wise maximum
+            _HEADER.pack_into(bufs[b], 0, max(s[0], t[0]), max(s[1], t[1]), max(s[2], t[2]))
+        elif nbytes and s == agreed:
+            # Same signature on both sides so far: same count, dtype and op, so reduce the
+            # payloads, the lower rank's first so both partners compute the same bits.
+            if c.rank < peer:
+                reduce(views[b], views[1 - b])
+            else:
+                reduce(views[1 - b], views[b])
+                b = 1 - b  # the result is in the partner's buffer, with the same header
+    hi, nlo, err_any = _HEADER.unpack_from(bufs[b])
+    if hi != -nlo or err_any:
+        raise_everywhere(c, describe, local_error)
+    return None if payload is None else views[b]
+
+
+def raise_everywhere(c, describe, local_error):
+    """Every rank saw the same combined header, so every rank is here: say who sent what."""
+    if callable(describe):
+        describe = describe()
+    info = (describe, None if local_error is None else (type(local_error).__name__, str(local_error)))
+    everyone = c.mpi.allgather(info)
+    if local_error is not None:
+        raise local_error
+    failed = [(r, e) for r, (_, e) in enumerate(everyone) if e is not None]
+    kind = describe.get("call", "allreduce")
+    if failed:
+        kinds = {name for _, (name, _) in failed}
+        text = "; ".join(f"rank {r}: {name}: {msg}" for r, (name, msg) in failed)
+        exc = TypeError if kinds == {"TypeError"} else ValueError
+        raise exc(f"{kind} rejected the input on another rank ({text})")
+    mine = everyone[c.rank][0]
+    for field in mine:
+        other = next((r for r, (d, _) in enumerate(everyone) if d.get(field) != mine[field]), None)
+        if other is not None:
+            raise MismatchError(mismatch_message(kind, field, c.rank, mine[field], other,
+                                                 everyone[other][0].get(field)))
+    raise MismatchError(f"Mismatched {kind} headers")  # only on a signature hash collision
+
+
+def mismatch_message(kind, field, me, mine, other, theirs):
+    """Horovod's wording: "Mismatched allreduce tensor shapes: One rank sent ... but ..."."""
+    if field == "shape":
+        what = "counts" if _count(mine) != _count(theirs) else "tensor shapes"
+        return (f"Mismatched {kind} {what}: rank {me} sent a tensor of shape {mine} "
+                f"({_count(mine)} elements), but rank {other} sent a tensor of shape {theirs} "
+                f"({_count(theirs)} elements)")
+    if field == "tensors":
+        return (f"Mismatched {kind} tensor counts: rank {me} sent {mine} tensors, "
+                f"but rank {other} sent {theirs}")
+    if field in ("shapes", "dtypes", "names") and len(mine) == len(theirs):
+        i = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        noun = field[:-1]
+        return (f"Mismatched {kind} tensor {noun}s: for tensor {i}, rank {me} sent {noun} "
+                f"{mine[i]}, but rank {other} sent {noun} {theirs[i]}")
+    return (f"Mismatched {kind} {field}: rank {me} sent {field} {mine!r}, "
+            f"but rank {other} sent {field} {theirs!r}")
+
+
+def _count(shape):
+    return int(np.prod(shape, dtype=np.int64))

@@ -1,0 +1,18 @@
+"""Run one algorithm on buffers every rank already agreed on (no header)."""
+from ..algorithms import ALGORITHMS
+from ..algorithms.shm import on_one_node
+from ..core.choose import choose_algorithm, may_use_shm
+
+
+def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):
+    """``name`` ("auto" or an algorithm ``mem`` supports) on 1-D buffers of ``mem``'s memory
+    over the library communicator ``c``, through ``mem``'s transport."""
+    if name == "auto":
+        # on_one_node is collective the first time per communicator; every rank gets here
+        # in the same call, since all agreed on "auto", the memory and the size in the header.
+        nbytes = flat_in.nbytes
+        one_node = ("shm" in mem.algorithms and may_use_shm(nbytes, c.size)
+                    and on_one_node(c))
+        name = choose_algorithm(nbytes, c.size, one_node)
+    ALGORITHMS[name](mem.transport(c), flat_in, flat_out, reduce,
+                     max(1, seg_bytes // flat_in.dtype.itemsize))

@@ -1,0 +1,59 @@
+"""What ``algorithm="auto"`` runs: a pure function of the agreed size, the rank count and
+whether every rank shares one node's memory, so every rank computes the same choice.
+
+The thresholds come from the 2- and 4-rank tables in docs/benchmarks.md
+(``python -m ringreduce.bench``). Device buffers take the same rule: the algorithms that
+need host memory (``shm``) are simply never offered to them (``one_node`` is False there).
+"""
+import math
+
+# Below SMALL the data rides in the header's own lg p exchanges; from RING on the ring's
+# pipelined neighbour traffic wins; rhd in between.
+AUTO_SMALL_BYTES = 32 << 10
+AUTO_RING_BYTES = 512 << 10
+# All ranks on one node: from here on the shared-memory algorithm runs. Best of four runs of
+# ``mpiexec -n P python -m ringreduce.bench -b 1K -e 64M -f 4 -a native ring rhd doubling tree
+# shm`` (docs/benchmarks.md, "Cost model fit"): at 2 ranks shm was the fastest of the
+# library's algorithms from 64 KiB up but at 4 MiB (ring 0.97 ms, shm 1.06), and at 32 KiB
+# already ahead of rhd; at 3 and 4 ranks (more ranks than the 2 cores) it ties doubling at
+# 64 KiB and leads from 256 KiB up but at 64 MiB with 4 ranks.
+AUTO_SHM_BYTES = 32 << 10
+# ... and up to here (exclusive); larger messages take the ring. At 2 ranks shm's copies into
+# the window ran 1.2-2.8x slower than the ring from 1 MiB up in 4-5 of 10 runs (its writes
+# to lines the other core had just read were 5x slower; docs/benchmarks.md, "Shared-memory
+# allreduce") and won by 10-20% in the others; below 1 MiB it stays ahead of rhd either way.
+AUTO_SHM_MAX_BYTES = 1 << 20
+# Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
+# (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8
+# ranks per node: over 25 GbE and 100 Gb InfiniBand at 16 to 1,024 ranks the cost model
+# (``ringreduce.perf.model``, 2-rank fit) loses at most 10% on average between 32 KiB and
+# 1 GiB with the threshold scaled by sqrt(p / 4), against up to 251% kept fixed and 35%
+# scaled by p / 4 (``python benchmarks/fit_model.py --scaling``, docs/scaling.md).
+AUTO_RING_RANKS = 4
+# Largest payload that may ride with the header (explicit algorithm="doubling" included);
+# it sizes the two receive buffers kept per communicator.
+PIGGYBACK_CAP = 64 << 10
+
+
+def choose_algorithm(nbytes, p, one_node=False):
+    """The algorithm "auto" runs for ``nbytes`` on ``p`` ranks (every rank computes the same).
+    ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank)."""
+    if p == 1 or nbytes < AUTO_SMALL_BYTES:
+        return "doubling"
+    if one_node and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES:
+        return "shm"
+    if nbytes < AUTO_RING_BYTES * math.sqrt(max(p, AUTO_RING_RANKS) / AUTO_RING_RANKS):
+        return "rhd"
+    return "ring"
+
+
+def may_use_shm(nbytes, p):
+    """Whether "auto" would pick shm for ``nbytes`` on ``p`` ranks of one node: only then is
+    the (collective, once per communicator) one-node question worth asking."""
+    return p > 1 and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES
+
+
+def rides_in_header(nbytes, algorithm):
+    """Whether a call's payload travels inside the header pass (host memory only)."""
+    return nbytes <= PIGGYBACK_CAP and (
+        algorithm == "doubling" or (algorithm == "auto" and nbytes < AUTO_SMALL_BYTES))

@@ -1,0 +1,65 @@
+"""The names every layer agrees on: ops, dtypes, algorithms, and the call signature.
+
+A *signature* is one 63-bit integer that every rank computes from what shapes a collective's
+messages (counts, dtypes, op, algorithm, sizes); the header pass compares it across ranks
+(``collectives/header.py``). ``hash()`` of a tuple of ints, strs excluded, is the same in
+every process (no hash randomisation for ints), so the tuples hold codes, not names.
+"""
+import numpy as np
+
+OPS = ("sum", "avg", "min", "max", "prod")
+
+# "auto" and every algorithm of algorithms/ (``algorithms.ALGORITHMS`` holds the same names,
+# checked by tests/unit/test_tables.py); kept here so that the configuration can validate
+# RINGREDUCE_ALGORITHM without importing the algorithms and MPI.
+ALGORITHM_NAMES = ("auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical")
+
+# Every numeric numpy dtype; the index is the dtype's code in the header.
+DTYPES = tuple(np.dtype(c) for c in (
+    "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128"))
+DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
+
+_MASK = 0x7FFFFFFFFFFFFFFF
+
+
+def check_dtype(dtype):
+    """TypeError unless ``dtype`` is one of :data:`DTYPES`."""
+    if dtype not in DTYPE_CODE:
+        raise TypeError(f"unsupported dtype {dtype}; expected one of "
+                        f"{', '.join(str(d) for d in DTYPES)}")
+
+
+def check_op_dtype(op, dtype):
+    """TypeError for an op the dtype has no meaning for (the same rule on every backend)."""
+    check_dtype(dtype)
+    if op == "avg" and dtype.kind in "iu":
+        raise TypeError(f"op='avg' needs a floating or complex dtype, got {dtype}; "
+                        "use op='sum' and divide, or cast first")
+    if op in ("min", "max") and dtype.kind == "c":
+        raise TypeError(f"op={op!r} is not defined for complex dtype {dtype}; "
+                        "complex supports 'sum', 'avg' and 'prod'")
+
+
+def check_op(op):
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+
+
+def check_algorithm(algorithm):
+    if algorithm not in ALGORITHM_NAMES:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of "
+                         f"{', '.join(ALGORITHM_NAMES)}")
+
+
+def signature(*fields):
+    """The 63-bit signature of a tuple of ints and tuples of ints."""
+    return hash(fields) & _MASK
+
+
+def op_code(op):
+    return OPS.index(op)
+
+
+def algorithm_code(algorithm):
+    return ALGORITHM_NAMES.index(algorithm)

@@ -1,0 +1,1 @@
+"""Launching jobs: ``ringreduce-run`` (``run``) and hostfiles (``hostfile``)."""
