@@ -192,7 +192,7 @@ def table_rows(results, base, n_bytes):
 def prediction(per_sample_seconds, n_bytes, batch_per_rank, ranks, networks):
     """Lines of a markdown table: predicted samples/s from ringreduce.perf.model, or a note."""
     try:
-        from ringreduce import model
+        from ringreduce.perf import model
     except ImportError:
         return ["(ringreduce.perf.model is not available: no prediction for larger rank counts)"]
     lines = ["| network | ranks | dp ring | ps, 1 server | ps, p/2 servers |",

@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ringreduce import model  # noqa: E402
+from ringreduce.perf import model  # noqa: E402
 from ringreduce.core.fusion import assign_buckets  # noqa: E402
 from ringreduce.kernels.cpu import reduce_kernel  # noqa: E402
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ringreduce import run
+from ringreduce.launch import run
 from ringreduce.launch.run import HYDRA, OPENMPI, LaunchError, build_command, detect_flavour, \
     forwarded_env, main
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from ringreduce import model
+from ringreduce.perf import model
 from ringreduce.perf.model import Costs
 
 MiB = 1 << 20

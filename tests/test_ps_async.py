@@ -28,7 +28,7 @@ import pytest
 from mpi4py import MPI
 
 from _jobs import mpirun
-from ringreduce import ps
+from ringreduce.modes import ps
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ringreduce import pipeline, ps
+from ringreduce.modes import pipeline, ps
 from ringreduce.core.schedule import chunk_bounds
 from ringreduce.modes.pipeline import (CountingComm, MemoryBudgetError, Stage, check_memory_budget,
                                  gpipe_schedule, layer_parameter_counts, memory_bytes,
