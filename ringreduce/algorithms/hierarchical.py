@@ -44,13 +44,12 @@ on a communicator (collective: every rank reaches it in the same call, after the
 agreed on the algorithm) and kept in its state.
 """
 from ..core.choose import choose_algorithm
-from ..core.schedule import binomial_tree, segment_bounds
-from ..memory.buffers import copy_into, scratch_like
-from ..transport.tags import TAG_BCAST, TAG_REDUCE
+from ..memory.buffers import copy_into
 from ..transport.topology import levels
 from .doubling import doubling
 from .rhd import rhd
 from .ring import ring
+from .tree import tree_broadcast, tree_reduce
 
 # What the leader step runs: the algorithms ``choose_algorithm`` names for a flat communicator.
 _LEADER_ALGORITHMS = {"ring": ring, "rhd": rhd, "doubling": doubling}
@@ -62,56 +61,9 @@ def hierarchical(comm, sendbuf, recvbuf, reduce, segment_elems):
             copy_into(recvbuf, sendbuf)
         return
     st = levels(comm)
-    _reduce_to_leader(st.node, sendbuf, recvbuf, reduce, segment_elems)
+    tree_reduce(st.node, sendbuf, recvbuf, reduce, segment_elems)
     lead = st.leaders
     if lead is not None and lead.size > 1:
         name = choose_algorithm(recvbuf.nbytes, lead.size)
         _LEADER_ALGORITHMS[name](lead, recvbuf, recvbuf, reduce, segment_elems)
-    _broadcast_from_leader(st.node, recvbuf, segment_elems)
-
-
-def _reduce_to_leader(node, sendbuf, recvbuf, reduce, segment_elems):
-    """Binomial-tree reduce of every node rank's ``sendbuf`` into ``recvbuf`` on node rank 0.
-    Elsewhere ``recvbuf`` is scratch (the broadcast overwrites it); ``sendbuf`` is only read."""
-    if node.size == 1:
-        if recvbuf is not sendbuf:
-            copy_into(recvbuf, sendbuf)
-        return
-    parent, children = binomial_tree(node.rank, node.size)
-    segs = segment_bounds(0, sendbuf.size, segment_elems)
-    if not children:
-        # A leaf sends its input as it is: no copy into recvbuf.
-        node.waitall([node.isend(sendbuf[lo:hi], parent, TAG_REDUCE) for lo, hi in segs])
-        return
-    if recvbuf is not sendbuf:
-        copy_into(recvbuf, sendbuf)
-    up = children[::-1]  # nearest child first: its subtree is ready first
-    # One scratch buffer per child, so every child's receives can be posted at once.
-    scratch = [scratch_like(sendbuf, sendbuf.size) for _ in up]
-    recvs = [[node.irecv(buf[lo:hi], child, TAG_REDUCE) for lo, hi in segs]
-             for buf, child in zip(scratch, up)]
-    sends = []
-    for k, (lo, hi) in enumerate(segs):
-        for j in range(len(up)):
-            node.wait(recvs[j][k])
-            reduce(recvbuf[lo:hi], scratch[j][lo:hi])
-        if parent is not None:
-            sends.append(node.isend(recvbuf[lo:hi], parent, TAG_REDUCE))
-    node.waitall(sends)  # recvbuf is about to be overwritten by the broadcast
-
-
-def _broadcast_from_leader(node, buf, segment_elems):
-    """Binomial-tree broadcast of ``buf`` from node rank 0, segment by segment."""
-    if node.size == 1:
-        return
-    parent, children = binomial_tree(node.rank, node.size)
-    segs = segment_bounds(0, buf.size, segment_elems)
-    if parent is not None:
-        recvs = [node.irecv(buf[lo:hi], parent, TAG_BCAST) for lo, hi in segs]
-    sends = []
-    for k, (lo, hi) in enumerate(segs):
-        if parent is not None:
-            node.wait(recvs[k])
-        for child in children:
-            sends.append(node.isend(buf[lo:hi], child, TAG_BCAST))
-    node.waitall(sends)
+    tree_broadcast(st.node, recvbuf, 0, segment_elems)

@@ -1,4 +1,6 @@
-r"""Ring allreduce: a reduce-scatter then an allgather around a ring of p ranks.
+r"""Ring allreduce: a reduce-scatter then an allgather around a ring of p ranks. The two halves
+are functions of their own (:func:`reduce_scatter`, :func:`allgather`), which
+``collectives/gather.py`` runs alone for ``rr.reduce_scatter`` and ``rr.allgather``.
 
 The vector is cut into p *chunks*, one per rank. In the reduce-scatter each rank sends one
 chunk to its right neighbour and receives one from its left, p - 1 times; a received chunk is
@@ -35,15 +37,25 @@ from ..core.schedule import chunk_bounds, owned_chunk, ring_allgather_steps, rin
 
 def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
     p = comm.size
-    n = sendbuf.size
     in_place = recvbuf is sendbuf
     if p == 1:
         if not in_place:
             copy_into(recvbuf, sendbuf)
         return
-    bounds = chunk_bounds(n, p)
+    bounds = chunk_bounds(sendbuf.size, p)
+    lo, hi = bounds[owned_chunk(comm.rank, p)]
+    reduce_scatter(comm, sendbuf, recvbuf[lo:hi], reduce, segment_elems, bounds, in_place)
+    allgather(comm, recvbuf, segment_elems, bounds)
+
+
+def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=False):
+    """The first half: afterwards ``out`` holds chunk ``owned_chunk(rank, p)`` of the
+    reduction, the chunks being ``bounds`` (``[(lo, hi)]`` element ranges of ``sendbuf``, one
+    per chunk index). ``in_place``: ``out`` is that chunk of ``sendbuf`` itself."""
+    p = comm.size
     segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
-    chunk_max = bounds[0][1] - bounds[0][0]
+    chunk_max = max(hi - lo for lo, hi in bounds)
+    base = bounds[owned_chunk(comm.rank, p)][0]
     # Scratch buffers hold one chunk each; a segment sits at its offset inside its chunk.
     scratch = [scratch_like(sendbuf, chunk_max) for _ in range(3)]
 
@@ -51,14 +63,14 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
     last = len(steps) - 1
 
     def post_receives(step):
-        """Receives for reduce-scatter step ``step``, into scratch (or straight into recvbuf
+        """Receives for reduce-scatter step ``step``, into scratch (or straight into ``out``
         at the last step when not in place: the finished chunk then needs no copy)."""
         c = steps[step][1]
         lo = bounds[c][0]
         reqs = []
         for s_lo, s_hi in segs[c]:
             if step == last and not in_place:
-                dst = recvbuf[s_lo:s_hi]
+                dst = out[s_lo - base:s_hi - base]
             else:
                 dst = scratch[step % 3][s_lo - lo:s_hi - lo]
             reqs.append(comm.irecv(dst, comm.left, TAG_REDUCE))
@@ -79,9 +91,9 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
             comm.wait(req)
             if step == last:
                 if in_place:
-                    reduce(recvbuf[s_lo:s_hi], scratch[step % 3][s_lo - lo:s_hi - lo])
+                    reduce(out[s_lo - base:s_hi - base], scratch[step % 3][s_lo - lo:s_hi - lo])
                 else:
-                    reduce(recvbuf[s_lo:s_hi], sendbuf[s_lo:s_hi])
+                    reduce(out[s_lo - base:s_hi - base], sendbuf[s_lo:s_hi])
             else:
                 part = scratch[step % 3][s_lo - lo:s_hi - lo]
                 reduce(part, sendbuf[s_lo:s_hi])
@@ -91,8 +103,14 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
         sends = next_sends
     comm.waitall(sends)
 
-    # Allgather: every receive lands in its final place in recvbuf, so all of them can be
-    # posted at once; each arriving segment is forwarded as soon as it is complete.
+
+def allgather(comm, recvbuf, segment_elems, bounds):
+    """The second half: every rank holds chunk ``owned_chunk(rank, p)`` of ``recvbuf`` (the
+    chunks being ``bounds``) and afterwards all of them. Every receive lands in its final
+    place in ``recvbuf``, so all of them can be posted at once; each arriving segment is
+    forwarded as soon as it is complete."""
+    p = comm.size
+    segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
     ag = ring_allgather_steps(comm.rank, p)
     recvs = [[comm.irecv(recvbuf[s_lo:s_hi], comm.left, TAG_GATHER) for s_lo, s_hi in segs[c]]
              for _, c in ag]
@@ -105,3 +123,10 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
             if forward:
                 sends.append(comm.isend(recvbuf[s_lo:s_hi], comm.right, TAG_GATHER))
     comm.waitall(sends)
+
+
+def rotated_bounds(n_per_rank, p):
+    """Chunk bounds under which rank r owns elements ``[r * n, (r + 1) * n)`` (the ring's
+    own rule gives rank r chunk ``(r + 1) % p``): for a reduce-scatter that leaves rank r its
+    r-th block, and an allgather of one block per rank in rank order."""
+    return [(((c - 1) % p) * n_per_rank, ((c - 1) % p + 1) * n_per_rank) for c in range(p)]
