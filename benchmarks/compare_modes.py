@@ -15,7 +15,7 @@ crossing a stage's boundaries), and the time a rank spends waiting for communica
 A one-rank run gives the speed-up baseline.
 
 How the bytes are measured: ps and pipeline count what their code hands to MPI
-(``ringreduce.modes.pipeline.CountingComm``); for dp this script runs the example inside a wrapper
+(``ringreduce.modes.common.CountingComm``); for dp this script runs the example inside a wrapper
 (``--count-dp``) that counts every buffer passed to the library's transport
 (``ringreduce.transport.comm.Comm``: the allreduce's data and its 24-byte header exchanges, but not the
 engine's small negotiation messages) between the ends of consecutive ``GradSync.wait`` calls,

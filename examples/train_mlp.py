@@ -55,8 +55,9 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 import ringreduce as rr  # noqa: E402
-from ringreduce.modes.pipeline import (MemoryBudgetError, check_memory_budget,  # noqa: E402
-                                 memory_bytes, train_pipeline)
+from ringreduce.modes.common import (MemoryBudgetError, check_memory_budget,  # noqa: E402
+                                     memory_bytes)
+from ringreduce.modes.pipeline import train_pipeline  # noqa: E402
 from ringreduce.modes.ps import train_ps  # noqa: E402
 from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler,  # noqa: E402
                                  GradSync, NonFiniteGradientError, broadcast_parameters,

@@ -66,9 +66,9 @@ def test_check_staleness():
 
 
 def simulate(n_workers, n_servers, staleness, total_steps, seed):
-    """The protocol of ``ps._serve_async`` and ``ps._work`` with every message in flight in a
-    random order (FIFO per sender and receiver, as MPI's non-overtaking rule guarantees for
-    one tag), and workers computing at random moments. Returns each worker's staleness per
+    """The protocol of ``ps_server.serve_async`` and ``ps._work`` with every message in flight
+    in a random order (FIFO per sender and receiver, as MPI's non-overtaking rule guarantees
+    for one tag), and workers computing at random moments. Returns each worker's staleness per
     step and the versions of its final parameters; fails on a deadlock."""
     rng = random.Random(seed)
     pushes = {(w, s): [] for w in range(n_workers) for s in range(n_servers)}   # step numbers

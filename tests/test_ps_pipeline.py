@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from ringreduce.modes import pipeline, ps
 from ringreduce.core.schedule import chunk_bounds
-from ringreduce.modes.pipeline import (CountingComm, MemoryBudgetError, Stage, check_memory_budget,
-                                 gpipe_schedule, layer_parameter_counts, memory_bytes,
-                                 mlp_layer_parameters, partition_layers)
+from ringreduce.modes import pipeline, ps
+from ringreduce.modes.common import (CountingComm, MemoryBudgetError, check_memory_budget,
+                                     layer_parameter_counts, memory_bytes)
+from ringreduce.modes.pipeline import gpipe_schedule, partition_layers
+from ringreduce.modes.stage import Stage, mlp_layer_parameters
 from ringreduce.training import SGD, DistributedSampler
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))

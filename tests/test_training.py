@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-import ringreduce as rr
-from ringreduce import training
 from ringreduce.core.schedule import chunk_bounds
 from ringreduce.kernels import reference as float64_ref
+from ringreduce.training import checkpoint
+from ringreduce.training import sync as training_sync
 from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler, GradSync,
                                  broadcast_parameters, load_checkpoint, save_checkpoint)
 
@@ -207,24 +207,25 @@ def test_sampler_rejects_bad_arguments():
 
 def test_reverse_buckets():
     p = [np.zeros(n, dtype=np.float64) for n in (4, 4, 2, 8, 1)]  # 32, 32, 16, 64, 8 bytes
-    assert training._reverse_buckets(p, 48) == [[4], [3], [2, 1], [0]]
-    assert training._reverse_buckets(p, 10**6) == [[4, 3, 2, 1, 0]]
-    assert training._reverse_buckets(p, 1) == [[4], [3], [2], [1], [0]]
+    assert training_sync._reverse_buckets(p, 48) == [[4], [3], [2, 1], [0]]
+    assert training_sync._reverse_buckets(p, 10**6) == [[4, 3, 2, 1, 0]]
+    assert training_sync._reverse_buckets(p, 1) == [[4], [3], [2], [1], [0]]
     mixed = [np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float64)]
-    assert training._reverse_buckets(mixed, 10**6) == [[2], [1, 0]]  # one dtype per bucket
+    assert training_sync._reverse_buckets(mixed, 10**6) == [[2], [1, 0]]  # one dtype per bucket
 
 
 class _Recorder:
-    """Wraps rr.allreduce_async to record which buckets start when (and still reduce)."""
+    """Wraps the allreduce_async GradSync calls to record which buckets start when (and still
+    reduce)."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        real = rr.allreduce_async
+        real = training_sync.allreduce_async
 
         def record(x, *args, **kwargs):
             self.calls.append(kwargs.get("name"))
             return real(x, *args, **kwargs)
-        monkeypatch.setattr(rr, "allreduce_async", record)
+        monkeypatch.setattr(training_sync, "allreduce_async", record)
 
 
 def _params():
@@ -265,12 +266,12 @@ def test_gradsync_grads_are_views_into_reverse_order_buckets(monkeypatch):
 def test_gradsync_no_overlap_reduces_every_bucket_in_wait(monkeypatch):
     rec = _Recorder(monkeypatch)
     grouped = []
-    real = rr.grouped_allreduce
+    real = training_sync.grouped_allreduce
 
     def record(arrays, *args, **kwargs):
         grouped.append(list(arrays))
         return real(arrays, *args, **kwargs)
-    monkeypatch.setattr(rr, "grouped_allreduce", record)
+    monkeypatch.setattr(training_sync, "grouped_allreduce", record)
     sync = GradSync(_params(), bucket_cap_bytes=1, comm=MPI.COMM_SELF, overlap=False)
     for i in reversed(range(4)):
         sync.grads[i][...] = i
@@ -566,7 +567,7 @@ def test_checkpoint_corrupt_byte_is_an_error(tmp_path):
 def test_checkpoint_never_unpickles(tmp_path):
     # An .npz holding an object array (which np.load could only read by unpickling).
     evil = tmp_path / "evil.npz"
-    np.savez(evil, __format__=np.array(training._FORMAT), x=np.array([object()], dtype=object))
+    np.savez(evil, __format__=np.array(checkpoint._FORMAT), x=np.array([object()], dtype=object))
     with pytest.raises(CheckpointError, match=r"evil\.npz.*allow_pickle"):
         load_checkpoint(evil)
     pickled = tmp_path / "pickled.npz"

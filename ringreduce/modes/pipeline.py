@@ -45,12 +45,16 @@ cannot deadlock even when every ``Send`` waits for its matching ``Recv`` (tests 
 import time
 
 import numpy as np
-from mpi4py import MPI
 
-from ..transport.comm import PoliteComm
 from ..core.schedule import chunk_bounds
-from ..training import NonFiniteGradientError
+from ..training.optim import NonFiniteGradientError
+from .common import (CountingComm, MemoryBudgetError, check_memory_budget,
+                     layer_parameter_counts, memory_bytes, new_timed, rank_summary, record_step,
+                     step_times, warm_up_optimizer)
+from .stage import Stage, mlp_layer_parameters
 
+# The pipeline's public names include what it shares with ps.py (common.py) and its stage
+# (stage.py).
 __all__ = [
     "gpipe_schedule",
     "partition_layers",
@@ -71,7 +75,7 @@ TAG_RESULT = 104  # to rank 0 after training: test score, loss curve, parameters
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure parts: schedule, partition, memory
+# Pure parts: schedule, partition
 # ---------------------------------------------------------------------------------------------
 
 def gpipe_schedule(stage, n_stages, n_micro):
@@ -102,11 +106,6 @@ def gpipe_schedule(stage, n_stages, n_micro):
         if not first:
             ops.append(("send_grad", m))
     return ops
-
-
-def layer_parameter_counts(sizes):
-    """Parameters of each layer of an MLP with layer sizes ``sizes``: fan_in * fan_out + fan_out."""
-    return [a * b + b for a, b in zip(sizes[:-1], sizes[1:])]
 
 
 def partition_layers(costs, n_stages):
@@ -143,226 +142,6 @@ def partition_layers(costs, n_stages):
         bounds.append((j, i))
         i = j
     return bounds[::-1]
-
-
-def mlp_layer_parameters(sizes, seed, dtype, layers):
-    """``[W, b, ...]`` of the given ``layers`` of ``examples/mlp.py``'s ``MLP(sizes, dtype, seed)``,
-    without allocating the others.
-
-    The MLP draws every weight matrix in turn from ``np.random.default_rng([seed, 1])`` (He
-    normal, std ``sqrt(2 / fan_in)``; biases zero). Replaying that stream and keeping only the
-    wanted layers gives the same values while holding at most one other layer at a time: a
-    stage of a model too large for one rank never builds the whole model. The pure tests check
-    this against ``MLP`` itself.
-    """
-    dtype = np.dtype(dtype)
-    keep = set(layers)
-    rng = np.random.default_rng([seed, 1])
-    out = []
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if layer > max(keep, default=-1):
-            break
-        w = rng.standard_normal((fan_in, fan_out))
-        if layer in keep:
-            w *= np.sqrt(2.0 / fan_in)
-            out.append(np.ascontiguousarray(w, dtype=dtype))
-            out.append(np.zeros(fan_out, dtype=dtype))
-        del w
-    return out
-
-
-def memory_bytes(sizes, layers, batch, itemsize, state_slots):
-    """Estimated bytes a rank needs to train ``layers`` of an MLP with sizes ``sizes`` on a
-    batch of ``batch`` samples: ``{"parameters", "gradients", "optimizer", "activations",
-    "total"}``.
-
-    Parameters and gradients: one value per parameter each; optimizer state: ``state_slots``
-    values per parameter (SGD with momentum 1, Adam 2, plain SGD 0). Activations: the input of
-    every layer kept for the backward, plus the last layer's output and its gradient, for all
-    ``batch`` samples (a pipeline stage keeps every micro-batch's, so ``batch`` is the whole
-    batch there). The training data is not counted: it belongs to the data loader, not the model.
-    """
-    layers = list(layers)
-    counts = layer_parameter_counts(sizes)
-    n_params = sum(counts[layer] for layer in layers)
-    acts = batch * (sum(sizes[layer] for layer in layers) + 2 * sizes[layers[-1] + 1])
-    parts = {"parameters": n_params * itemsize, "gradients": n_params * itemsize,
-             "optimizer": state_slots * n_params * itemsize, "activations": acts * itemsize}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
-class MemoryBudgetError(MemoryError):
-    """A rank's estimated memory exceeds the budget it was given."""
-
-
-PIPELINE_ADVICE = "split the model over more pipeline stages (--mode pipeline), or raise the budget"
-
-
-def check_memory_budget(estimates, budget_bytes, what, advice=PIPELINE_ADVICE):
-    """Raise :class:`MemoryBudgetError` if any estimate exceeds ``budget_bytes``.
-
-    ``estimates``: ``{label: memory_bytes(...)}`` for every rank (the same on every rank, so
-    every rank raises the same error at the same point instead of one waiting on another).
-    ``what`` names the mode in the message, ``advice`` ends it.
-    """
-    over = {label: e for label, e in estimates.items() if e["total"] > budget_bytes}
-    if not over:
-        return
-    mib = 2.0 ** 20
-    label, e = max(over.items(), key=lambda kv: kv[1]["total"])
-    detail = ", ".join(f"{k} {v / mib:.2f}" for k, v in e.items() if k != "total")
-    raise MemoryBudgetError(
-        f"{what}: {label} needs an estimated {e['total'] / mib:.2f} MiB ({detail} MiB), over "
-        f"the memory budget of {budget_bytes / mib:.2f} MiB"
-        + (f" ({len(over)} of {len(estimates)} ranks are over)" if len(estimates) > 1 else "")
-        + f"; {advice}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Transport
-# ---------------------------------------------------------------------------------------------
-
-class CountingComm:
-    """A private duplicate of a communicator whose point-to-point calls count what they hand
-    to MPI: ``bytes_sent``, ``bytes_received`` and ``wait_seconds`` (time blocked in a
-    blocking call or a wait). Buffers travel as raw bytes, as in the library's own transport.
-
-    The duplicate keeps these messages apart from the user's and from the allreduce engine's.
-    Waits poll and nap (``PoliteComm.POLL_SLEEP``) instead of spinning inside MPI, for the
-    reason the engine does: with more ranks than cores (a parameter server and its workers on
-    one box), a spinning wait takes the core that the rank being waited for needs.
-    Creating one is collective over ``comm``; :meth:`free` releases it.
-    """
-
-    def __init__(self, comm=None):
-        self.mpi = (MPI.COMM_WORLD if comm is None else comm).Dup()
-        self.rank = self.mpi.Get_rank()
-        self.size = self.mpi.Get_size()
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.wait_seconds = 0.0
-
-    def send(self, buf, dest, tag):
-        self.waitall([self.isend(buf, dest, tag)])
-
-    def recv(self, buf, source, tag):
-        self.waitall([self.irecv(buf, source, tag)])
-
-    def isend(self, buf, dest, tag):
-        self.bytes_sent += buf.nbytes
-        return self.mpi.Isend([buf, MPI.BYTE], dest, tag)
-
-    def irecv(self, buf, source, tag):
-        self.bytes_received += buf.nbytes
-        return self.mpi.Irecv([buf, MPI.BYTE], source, tag)
-
-    def waitall(self, requests):
-        if requests:
-            t = time.perf_counter()
-            while not MPI.Request.Testall(requests):
-                time.sleep(PoliteComm.POLL_SLEEP)
-            self.wait_seconds += time.perf_counter() - t
-
-    def counters(self):
-        return self.bytes_sent, self.bytes_received, self.wait_seconds
-
-    def free(self):
-        self.mpi.Free()
-
-
-def new_timed():
-    """The per-rank step accounts that ``record_step`` adds to and ``_rank_summary`` reads."""
-    return {"steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0, "update": 0.0,
-            "sent": 0, "received": 0}
-
-
-def record_step(timed, link, before, samples, seconds, update=0.0):
-    """Add one timed step to ``timed``; ``before`` is ``link.counters()`` from its start."""
-    sent0, recv0, wait0 = before
-    sent1, recv1, wait1 = link.counters()
-    timed["steps"] += 1
-    timed["samples"] += samples
-    timed["seconds"] += seconds
-    timed["wait"] += wait1 - wait0
-    timed["update"] += update
-    timed["sent"] += sent1 - sent0
-    timed["received"] += recv1 - recv0
-
-
-def warm_up_optimizer(make_optimizer, dtype):
-    """Compile the optimizer's Numba kernels for ``dtype`` now, on a one-element scratch
-    parameter. Otherwise one rank's first update compiles them (seconds), and the ranks waiting
-    for that rank's next message wait through it in a step that is timed."""
-    make_optimizer([np.zeros(1, dtype=dtype)]).step([np.zeros(1, dtype=dtype)])
-
-
-# ---------------------------------------------------------------------------------------------
-# One stage
-# ---------------------------------------------------------------------------------------------
-
-class Stage:
-    """Layers ``[first, stop)`` of a ReLU MLP with sizes ``sizes``, with the arithmetic of
-    ``examples/mlp.py`` (``h = relu(h @ W + b)``, no ReLU after the model's last layer), and
-    the inputs of every micro-batch in flight kept for its backward.
-
-    ``params`` is ``[W_first, b_first, ...]``. :meth:`backward` adds into ``grads`` (gradient
-    accumulation over micro-batches) and returns the gradient with respect to the stage's
-    input, or ``None`` on the stage that holds layer 0 (nobody needs the data's gradient).
-    """
-
-    def __init__(self, sizes, first, stop, params):
-        if not 0 <= first < stop <= len(sizes) - 1:
-            raise ValueError(f"Stage needs 0 <= first < stop <= {len(sizes) - 1} (layers), got "
-                             f"first={first}, stop={stop}")
-        if len(params) != 2 * (stop - first):
-            raise ValueError(f"Stage of layers [{first}, {stop}) expected "
-                             f"{2 * (stop - first)} parameters, got {len(params)}")
-        self.sizes, self.first, self.stop, self.params = list(sizes), first, stop, list(params)
-        self.num_model_layers = len(sizes) - 1
-        self._inputs = {}  # micro-batch -> the input of each of this stage's layers
-
-    def forward(self, x, micro):
-        if x.ndim != 2 or x.shape[1] != self.sizes[self.first]:
-            raise ValueError(f"stage of layers [{self.first}, {self.stop}) expected input of "
-                             f"shape (batch, {self.sizes[self.first]}), got {x.shape}")
-        if micro in self._inputs:
-            raise RuntimeError(f"forward of micro-batch {micro} twice before its backward")
-        inputs = []
-        h = x
-        for i, layer in enumerate(range(self.first, self.stop)):
-            w, b = self.params[2 * i], self.params[2 * i + 1]
-            inputs.append(h)
-            h = h @ w
-            h += b
-            if layer < self.num_model_layers - 1:
-                np.maximum(h, 0, out=h)
-        self._inputs[micro] = inputs
-        return h
-
-    def backward(self, d, micro, grads):
-        inputs = self._inputs.pop(micro)  # KeyError: backward without its forward
-        for i in reversed(range(self.stop - self.first)):
-            layer = self.first + i
-            h_in = inputs[i]
-            grads[2 * i + 1] += d.sum(axis=0)
-            grads[2 * i] += h_in.T @ d
-            if layer == 0:
-                return None
-            # The ReLU before this layer passed gradient only where its output was > 0.
-            d = d @ self.params[2 * i].T
-            d *= h_in > 0
-        return d
-
-    def forward_only(self, x):
-        """Forward without keeping anything (evaluation)."""
-        h = x
-        for i, layer in enumerate(range(self.first, self.stop)):
-            h = h @ self.params[2 * i]
-            h += self.params[2 * i + 1]
-            if layer < self.num_model_layers - 1:
-                np.maximum(h, 0, out=h)
-        return h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +277,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
             for p in params:
                 link.send(p, 0, TAG_RESULT)
 
-    mine = _rank_summary(timed, f"stage {stage_id} (layers {first}..{stop - 1})")
+    mine = rank_summary(timed, f"stage {stage_id} (layers {first}..{stop - 1})")
     everyone = link.mpi.gather(mine, root=0)
     if not is_first:
         return None, None
@@ -509,7 +288,7 @@ def _train_pipeline(link, sizes, loss_fn, x_train, y_train, x_test, y_test, n_mi
         "loss_curve": losses, "final_test_accuracy": accuracy, "final_test_loss": test_loss,
         "samples_per_second": timed["samples"] / timed["seconds"] if timed["seconds"] else None,
         "timed_steps": n,
-        "step_time_seconds": _step_times(timed),
+        "step_time_seconds": step_times(timed),
         "per_rank": everyone,
         # Each boundary between stages carries B activations forward and B gradients back.
         "formula_bytes_sent_per_step": [
@@ -550,22 +329,3 @@ def _evaluate(link, stage, loss_fn, x_test, y_test, batch_size, n_micro, width_i
     if not is_first:
         return None, None
     return float(score[0] / len(x_test)), float(score[1] / len(x_test))
-
-
-def _rank_summary(timed, role):
-    """Per-step averages of one rank's timed steps (the first step is not timed)."""
-    n = timed["steps"]
-    return {"role": role,
-            "bytes_sent_per_step": timed["sent"] / n if n else None,
-            "bytes_received_per_step": timed["received"] / n if n else None,
-            "wait_seconds_per_step": timed["wait"] / n if n else None,
-            "step_seconds": timed["seconds"] / n if n else None}
-
-
-def _step_times(timed):
-    n = timed["steps"]
-    if not n:
-        return {"compute": None, "comm_wait": None, "update": None, "total": None}
-    return {"compute": (timed["seconds"] - timed["wait"] - timed["update"]) / n,
-            "comm_wait": timed["wait"] / n, "update": timed["update"] / n,
-            "total": timed["seconds"] / n}
