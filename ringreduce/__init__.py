@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "init": "engine.api", "allreduce_async": "engine.api", "Handle": "engine.handle",
     "allreduce": "collectives.allreduce", "grouped_allreduce": "collectives.grouped",
+    "broadcast": "collectives.moves", "allgather": "collectives.moves",
+    "reduce_scatter": "collectives.moves", "barrier": "collectives.moves",
     "StallError": "errors", "MismatchError": "errors", "RingReduceError": "errors",
     "choose_algorithm": "core.choose", "OPS": "core.tables",
     "ALGORITHM_NAMES": "core.tables", "assign_buckets": "core.fusion", "get_config": "config",

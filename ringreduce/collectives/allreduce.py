@@ -43,8 +43,8 @@ class _Call:
         reduce, scale = mem.kernels(op, dtype)
         seg = segment_size(segment_bytes, dtype)
         piggyback = mem.piggyback and rides_in_header(size * dtype.itemsize, algorithm)
-        sig = signature(size, DTYPE_CODE[dtype], op_code(op), algorithm_code(algorithm), seg,
-                        shape, mem.mark)
+        sig = signature("allreduce", size, DTYPE_CODE[dtype], op_code(op),
+                        algorithm_code(algorithm), seg, shape, mem.mark)
         return op, algorithm, reduce, scale, seg, piggyback, sig
 
     def describe(self):

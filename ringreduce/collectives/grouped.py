@@ -37,7 +37,7 @@ class Group:
     def signature(self):
         # The cap and the segment size shape the buckets and the messages: ranks must agree.
         mem = self.mem
-        return signature(len(self.arrs),
+        return signature("grouped_allreduce", len(self.arrs),
                          tuple((mem.shape(a), DTYPE_CODE[mem.dtype(a)]) for a in self.arrs),
                          op_code(self.op), algorithm_code(self.algorithm), self.cap, self.seg,
                          mem.mark)

@@ -140,6 +140,9 @@ def raise_everywhere(c, describe, local_error):
 
 def mismatch_message(kind, field, me, mine, other, theirs):
     """Horovod's wording: "Mismatched allreduce tensor shapes: One rank sent ... but ..."."""
+    if field == "call":
+        return (f"Mismatched collectives: rank {me} called {mine}, but rank {other} called "
+                f"{theirs}; every rank must call the same collectives in the same order")
     if field == "shape":
         what = "counts" if _count(mine) != _count(theirs) else "tensor shapes"
         return (f"Mismatched {kind} {what}: rank {me} sent a tensor of shape {mine} "

@@ -20,6 +20,11 @@ DTYPES = tuple(np.dtype(c) for c in (
     "float16", "float32", "float64", "complex64", "complex128"))
 DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 
+# Every collective; its index leads the signature, so ranks in different collectives never
+# agree whatever their arguments.
+CALLS = ("allreduce", "grouped_allreduce", "broadcast", "allgather", "reduce_scatter",
+         "barrier")
+
 _MASK = 0x7FFFFFFFFFFFFFFF
 
 
@@ -52,9 +57,10 @@ def check_algorithm(algorithm):
                          f"{', '.join(ALGORITHM_NAMES)}")
 
 
-def signature(*fields):
-    """The 63-bit signature of a tuple of ints and tuples of ints."""
-    return hash(fields) & _MASK
+def signature(call, *fields):
+    """The 63-bit signature of collective ``call`` (a name of :data:`CALLS`) with ``fields``,
+    ints and tuples of ints."""
+    return hash((CALLS.index(call),) + fields) & _MASK
 
 
 def op_code(op):
