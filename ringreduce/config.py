@@ -17,6 +17,7 @@ import os
 from dataclasses import astuple, dataclass, fields
 
 from .core.tables import ALGORITHM_NAMES
+from .errors import agree
 
 # Defaults. FUSION_THRESHOLD: 64 MiB, from the fusion sweep in docs/benchmarks.md
 # ("Fusion threshold"): on the ResNet-50-shaped list, 16, 64 and 128 MiB buckets were within
@@ -172,17 +173,13 @@ def check_agreement(mpi_comm):
     """Collective: raise ValueError on every rank if any rank's configuration is invalid or
     differs from another's. Called once per communicator, when it is first used."""
     try:
-        mine = (get_config().items(), None)
+        mine, problem = get_config().items(), None
     except ValueError as exc:
-        mine = (None, str(exc))
-    everyone = mpi_comm.allgather(mine)
+        mine, problem = None, exc
+    everyone = agree(mpi_comm, mine, problem, "the ringreduce configuration")
     rank = mpi_comm.Get_rank()
-    bad = [(r, err) for r, (_, err) in enumerate(everyone) if err]
-    if bad:
-        raise ValueError("invalid ringreduce configuration: "
-                         + "; ".join(f"rank {r}: {err}" for r, err in bad))
-    for r, (items, _) in enumerate(everyone):
-        for (name, value), (_, my_value) in zip(items, everyone[rank][0]):
+    for r, items in enumerate(everyone):
+        for (name, value), (_, my_value) in zip(items, everyone[rank]):
             if value != my_value:
                 raise ValueError(f"ranks were started with different ringreduce settings: "
                                  f"{name} is {my_value!r} on rank {rank} but {value!r} on "

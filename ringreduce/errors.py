@@ -12,3 +12,22 @@ class MismatchError(RingReduceError, ValueError):
 
 class StallError(RingReduceError):
     """Some ranks waited longer than RINGREDUCE_STALL_SHUTDOWN_SECONDS for others."""
+
+
+def agree(mpi_comm, value, local_error, what):
+    """Collective over an mpi4py communicator: every rank's ``value`` once every rank's local
+    checks passed. Otherwise the same failure everywhere, in the same call: the rank that
+    failed raises its own ``local_error``, every other rank an error of that type (ValueError
+    when ranks failed differently) saying that ``what`` was rejected on another rank, by whom
+    and why. No rank is left waiting for one that gave up."""
+    verdict = None if local_error is None else (type(local_error).__name__, str(local_error))
+    everyone = mpi_comm.allgather((value, verdict))
+    if local_error is not None:
+        raise local_error
+    failed = [(r, v) for r, (_, v) in enumerate(everyone) if v is not None]
+    if failed:
+        kinds = {name for _, (name, _) in failed}
+        text = "; ".join(f"rank {r}: {name}: {msg}" for r, (name, msg) in failed)
+        exc = TypeError if kinds == {"TypeError"} else ValueError
+        raise exc(f"{what} rejected the input on another rank ({text})")
+    return [v for v, _ in everyone]

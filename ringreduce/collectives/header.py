@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.choose import PIGGYBACK_CAP
 from ..core.schedule import doubling_plan
-from ..errors import MismatchError
+from ..errors import MismatchError, agree
 from ..transport.tags import TAG_FOLD
 
 _HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
@@ -118,23 +118,14 @@ def raise_everywhere(c, describe, local_error):
     """Every rank saw the same combined header, so every rank is here: say who sent what."""
     if callable(describe):
         describe = describe()
-    info = (describe, None if local_error is None else (type(local_error).__name__, str(local_error)))
-    everyone = c.mpi.allgather(info)
-    if local_error is not None:
-        raise local_error
-    failed = [(r, e) for r, (_, e) in enumerate(everyone) if e is not None]
-    kind = describe.get("call", "allreduce")
-    if failed:
-        kinds = {name for _, (name, _) in failed}
-        text = "; ".join(f"rank {r}: {name}: {msg}" for r, (name, msg) in failed)
-        exc = TypeError if kinds == {"TypeError"} else ValueError
-        raise exc(f"{kind} rejected the input on another rank ({text})")
-    mine = everyone[c.rank][0]
+    kind = "a collective" if describe is None else describe.get("call", "allreduce")
+    everyone = agree(c.mpi, describe, local_error, kind)
+    mine = everyone[c.rank]
     for field in mine:
-        other = next((r for r, (d, _) in enumerate(everyone) if d.get(field) != mine[field]), None)
+        other = next((r for r, d in enumerate(everyone) if d.get(field) != mine[field]), None)
         if other is not None:
             raise MismatchError(mismatch_message(kind, field, c.rank, mine[field], other,
-                                                 everyone[other][0].get(field)))
+                                                 everyone[other].get(field)))
     raise MismatchError(f"Mismatched {kind} headers")  # only on a signature hash collision
 
 

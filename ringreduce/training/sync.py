@@ -14,6 +14,7 @@ from ..collectives.grouped import grouped_allreduce
 from ..config import is_whole
 from ..core.fusion import assign_buckets
 from ..engine.api import allreduce_async
+from ..errors import agree
 from ..transport.comm import control_comm
 
 __all__ = ["broadcast_parameters", "GradSync"]
@@ -119,14 +120,7 @@ def _check_same_layout(params, cap, comm):
         problem, mine = None, (int(cap), [(tuple(p.shape), str(p.dtype)) for p in params])
     except (TypeError, ValueError) as exc:
         problem, mine = exc, None
-    everyone = control_comm(comm).allgather(
-        (None if problem is None else f"{type(problem).__name__}: {problem}", mine))
-    if problem is not None:
-        raise problem
-    bad = [(r, text) for r, (text, _) in enumerate(everyone) if text]
-    if bad:
-        raise ValueError(f"GradSync: rank {bad[0][0]} rejected its arguments ({bad[0][1]})")
-    everyone = [layout for _, layout in everyone]
+    everyone = agree(control_comm(comm), mine, problem, "GradSync")
     for r, (their_cap, theirs) in enumerate(everyone):
         if their_cap != everyone[0][0]:
             raise ValueError(f"GradSync: ranks passed different bucket_cap_bytes: rank 0 "
