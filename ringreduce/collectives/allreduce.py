@@ -6,10 +6,12 @@ is taken after it, from agreed values. A call's plan (kernels, signature, whethe
 the header) depends only on (memory, shape, dtype, op, algorithm, segment_bytes) and is
 computed once per such key: small calls are dominated by per-call Python work.
 """
+from numpy import ndarray
+
 from ..config import segment_size
 from ..core.choose import rides_in_header
 from ..core.tables import DTYPE_CODE, algorithm_code, op_code, signature
-from ..memory import backend_of
+from ..memory import HOST, backend_of
 from ..transport.comm import get_comm
 from .calls import check_out, output_buffer, resolve_algorithm
 from .header import fail_everywhere, negotiate
@@ -27,14 +29,14 @@ class _Call:
         self.mem = mem
         arr = self.arr = mem.view(x)
         shape, dtype = mem.shape(arr), mem.dtype(arr)
-        key = (mem.name, shape, dtype, op, algorithm, segment_bytes)
+        key = (mem, shape, dtype, op, algorithm, segment_bytes)
         plan = _PLANS.get(key)
         if plan is None:
             plan = _PLANS[key] = self._plan(mem, shape, dtype, arr.size, op, algorithm,
                                             segment_bytes)
         (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
          self.sig) = plan
-        self.target, self.same = check_out(mem, x, arr, out)
+        self.target, self.same = (None, False) if out is None else check_out(mem, x, arr, out)
         mem.prepare()
 
     @staticmethod
@@ -73,7 +75,7 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     raise the same type naming it. Either way the library stays usable.
     """
     c = get_comm(comm)
-    mem = backend_of(x)
+    mem = HOST if type(x) is ndarray else backend_of(x)  # the common case without a call
     try:
         call = _Call(mem, x, op, algorithm, out, segment_bytes)
     except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank

@@ -131,6 +131,9 @@ def get_comm(comm=None):
         comm = MPI.COMM_WORLD
     if isinstance(comm, Comm):
         return comm
+    cached = _dups.get((comm.handle, "collectives"))
+    if cached is not None and cached[0] is comm:  # the common case, checked first: it is hot
+        return cached[2]
     return _private(comm, "collectives", _new_comm)
 
 
