@@ -34,7 +34,7 @@ DEFAULTS = {
     "RINGREDUCE_STALL_CHECK_SECONDS": 60.0,
     "RINGREDUCE_STALL_SHUTDOWN_SECONDS": 0.0,
     # The largest message one step of an algorithm sends: 1 MiB won the segment sweep in
-    # docs/benchmarks.md (``python -m ringreduce.bench -a ring:64K ring:256K ring:1M ring:4M``).
+    # docs/benchmarks.md (``python -m ringreduce.perf.bench -a ring:64K ring:256K ring:1M ring:4M``).
     "RINGREDUCE_SEGMENT_BYTES": 1 << 20,
     # Ranks per node for algorithm="hierarchical": 0 takes the nodes MPI reports
     # (COMM_TYPE_SHARED); k > 0 makes pretend nodes of k consecutive ranks, to try the

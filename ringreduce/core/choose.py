@@ -2,7 +2,7 @@
 whether every rank shares one node's memory, so every rank computes the same choice.
 
 The thresholds come from the 2- and 4-rank tables in docs/benchmarks.md
-(``python -m ringreduce.bench``). Device buffers take the same rule: the algorithms that
+(``python -m ringreduce.perf.bench``). Device buffers take the same rule: the algorithms that
 need host memory (``shm``) are simply never offered to them (``one_node`` is False there).
 """
 import math
@@ -12,7 +12,7 @@ import math
 AUTO_SMALL_BYTES = 32 << 10
 AUTO_RING_BYTES = 512 << 10
 # All ranks on one node: from here on the shared-memory algorithm runs. Best of four runs of
-# ``mpiexec -n P python -m ringreduce.bench -b 1K -e 64M -f 4 -a native ring rhd doubling tree
+# ``mpiexec -n P python -m ringreduce.perf.bench -b 1K -e 64M -f 4 -a native ring rhd doubling tree
 # shm`` (docs/benchmarks.md, "Cost model fit"): at 2 ranks shm was the fastest of the
 # library's algorithms from 64 KiB up but at 4 MiB (ring 0.97 ms, shm 1.06), and at 32 KiB
 # already ahead of rhd; at 3 and 4 ranks (more ranks than the 2 cores) it ties doubling at

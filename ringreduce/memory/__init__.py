@@ -17,7 +17,7 @@ parameter; here the parameter is an object):
 
 :func:`backend_of` picks the backend of one array, :func:`backend_of_group` that of a list.
 """
-from .cuda import is_device_array
+from ..gpu import is_device_array
 from .device import DEVICE
 from .host import HOST
 

@@ -3,7 +3,7 @@
 CUDA device buffers."""
 import numpy as np
 
-from .cuda import Cuda
+from ..gpu import Cuda
 
 
 def scratch_like(buf, n):

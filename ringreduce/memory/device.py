@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import cuda_aware_setting
 from ..core.tables import check_op_dtype
-from .cuda import Cuda, is_device_array, require_cuda, synchronize
+from ..gpu import Cuda, is_device_array, require_cuda, synchronize
 
 # The algorithms that talk only through the transport's point-to-point calls and so run on
 # device buffers unchanged; shm works on a shared-memory window of host memory.

@@ -1,7 +1,7 @@
 """Allreduce benchmark in the style of nccl-tests, with native MPI_Allreduce in the same run.
 
-    mpiexec -n 2 python -m ringreduce.bench -b 8 -e 64M -f 4
-    mpiexec -n 4 python -m ringreduce.bench --sizes 1M 16M -a native ring rhd ring:262144
+    mpiexec -n 2 python -m ringreduce.perf.bench -b 8 -e 64M -f 4
+    mpiexec -n 4 python -m ringreduce.perf.bench --sizes 1M 16M -a native ring rhd ring:262144
 
 For each size every algorithm is timed in turn, interleaved (native, ring, tree, ... then again),
 so drift on a shared machine hits all of them alike. One timed call is: barrier, call, stop the
@@ -135,7 +135,7 @@ def time_memcpy(nbytes, iters):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m ringreduce.bench",
+    ap = argparse.ArgumentParser(prog="python -m ringreduce.perf.bench",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
@@ -178,7 +178,7 @@ def main(argv=None):
         head += f" | {'time(us)':>9}"
     rows = []
     if rank == 0:
-        print(f"# ringreduce.bench: {p} ranks, {MPI.Get_library_version().splitlines()[0].strip()}, "
+        print(f"# ringreduce.perf.bench: {p} ranks, {MPI.Get_library_version().splitlines()[0].strip()}, "
               f"dtype {dtype}, op {args.op}")
         print(top)
         print(head, flush=True)

@@ -3,7 +3,7 @@
 signature and per-element code, for device arrays)."""
 import numpy as np
 
-from ..memory.cuda import is_device_array
+from ..gpu import is_device_array
 
 __all__ = ["NonFiniteGradientError", "SGD", "Adam"]
 

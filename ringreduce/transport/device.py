@@ -28,7 +28,7 @@ import ctypes
 import numpy as np
 
 from ..config import cuda_aware_setting
-from ..memory.cuda import Cuda, require_cuda, synchronize
+from ..gpu import Cuda, require_cuda, synchronize
 
 # Pinned staging buffers come in power-of-two sizes from 64 KiB, so segments of one size
 # share one free list and a call reuses the buffers of the call before. Smaller classes

@@ -1,5 +1,8 @@
 """numba-cuda, loaded only when a device array arrives, and how device arrays are recognised.
 
+At the bottom of the package beside ``config`` and ``errors``: the device backend
+(``memory/device.py``) and the device transport (``transport/device.py``) both load it.
+
 Importing ringreduce never imports numba-cuda: :func:`is_device_array` only looks at
 attributes, so the CPU path stays cheap and never fails on a machine without a GPU.
 """
@@ -31,7 +34,7 @@ class Cuda:
 def require_cuda():
     """The loaded modules, or RuntimeError saying why device arrays cannot be reduced here."""
     if Cuda.cuda is None:
-        from ..kernels import cuda as ck
+        from .kernels import cuda as ck
         if not ck.cuda_available():
             raise RuntimeError(f"got a CUDA device array, but {ck.unavailable_reason()}")
         from numba import config, cuda
