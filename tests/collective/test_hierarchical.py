@@ -5,7 +5,7 @@ The nodes of one machine are one node, so each layout is made on a fresh library
 whose levels are pre-seeded before its first call: ``local_size`` k (``RINGREDUCE_LOCAL_SIZE``'s
 split: nodes of k consecutive ranks, the last one smaller when k does not divide p), or a node
 communicator of any shape (round-robin placement, nodes of different sizes). The environment
-variable itself is exercised by real jobs in tests/test_hierarchical_jobs.py.
+variable itself is exercised by real jobs in tests/jobs/test_hierarchical_jobs.py.
 """
 import importlib
 

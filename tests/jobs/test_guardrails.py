@@ -14,7 +14,6 @@ import _jobs
 
 MPIEXEC = shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_job(tmp_path, script, n=2, env=None, timeout=90, sections=None):

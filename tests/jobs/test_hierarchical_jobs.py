@@ -18,9 +18,8 @@ import sys
 
 import pytest
 
-from _jobs import run_job
+from _jobs import ROOT, run_job
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A job takes a few seconds; the limits are for a hang. Hydra's own MPIEXEC_TIMEOUT comes
 # first, so that mpiexec ends a hang itself and cleans up its ranks.
 JOB_TIMEOUT_S = 150
@@ -87,7 +86,7 @@ def _mpiexec():
 
 def _run(cmd, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RINGREDUCE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     env["MPIEXEC_TIMEOUT"] = str(MPIEXEC_TIMEOUT_S)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -16,7 +16,7 @@ memory, as on a real node).
 Needs root and iproute2 (`ip`); skips, saying why, where namespaces cannot be made. It runs
 its own MPI job, so it skips when pytest itself runs under mpiexec.
 
-    python -m pytest tests/test_multihost.py -v
+    python -m pytest tests/jobs/test_multihost.py -v
 """
 import json
 import os
@@ -28,9 +28,8 @@ import time
 
 import pytest
 
-from _jobs import run_job
+from _jobs import ROOT, run_job
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADDRESSES = ("10.231.0.1", "10.231.0.2")
 PREFIX = 24
 IFACE = "rrnet"
@@ -214,7 +213,7 @@ def test_allreduce_across_two_namespaces(namespaces, tmp_path):
         f"{address} slots={SLOTS}\n" for address in ADDRESSES))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RINGREDUCE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     env["RINGREDUCE_MULTIHOST_MARK"] = "forwarded"
     env["MPIEXEC_TIMEOUT"] = str(MPIEXEC_TIMEOUT_S)
     cmd = ["ip", "netns", "exec", namespaces[0],
@@ -225,7 +224,7 @@ def test_allreduce_across_two_namespaces(namespaces, tmp_path):
            "--env", f"FI_TCP_IFACE={IFACE}",
            sys.executable, "-m", "mpi4py", str(job), ",".join(ADDRESSES), IFACE]
     started = time.monotonic()
-    rc, out, err = run_job(cmd, env=env, cwd=REPO, timeout=JOB_TIMEOUT_S)
+    rc, out, err = run_job(cmd, env=env, cwd=ROOT, timeout=JOB_TIMEOUT_S)
     output = out + err
     elapsed = time.monotonic() - started
     assert rc == 0, f"the job failed ({rc}) after {elapsed:.1f} s:\n{output[-5000:]}"

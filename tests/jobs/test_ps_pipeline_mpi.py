@@ -1,8 +1,8 @@
 """Parameter server and pipeline across ranks: each test starts its own ``mpiexec -n N`` jobs.
 
 What must hold, on ``examples/train_mlp.py`` with the small synthetic set of
-tests/test_training_mpi.py (66 samples, global batch 16: the fifth step of each epoch has 2
-samples, so some workers or micro-batches get none):
+tests/jobs/test_training_mpi.py (66 samples, global batch 16: the fifth step of each epoch has
+2 samples, so some workers or micro-batches get none):
 
 - ``--mode ps`` ends with the parameters of one data-parallel rank (float64, relative
   difference below 1e-10), with 1 server and 1, 2 or 3 workers (with 3, a worker gets no
@@ -26,9 +26,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from _jobs import mpirun
+from _jobs import ROOT, mpirun
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--synthetic", "66", "--features", "12", "--hidden", "16,8", "--batch-size", "16",
          "--epochs", "3", "--no-progress", "--max-steps", "9", "--weight-decay", "1e-3"]
 
@@ -94,8 +93,8 @@ def test_parameter_server_matches_one_rank(tmp_path, one_rank, n, servers, optim
 
 
 def test_parameter_server_with_staleness_0_matches_one_rank(tmp_path, one_rank):
-    # --staleness 0 named explicitly is the synchronous server (tests/test_ps_async.py has the
-    # asynchronous one).
+    # --staleness 0 named explicitly is the synchronous server
+    # (tests/jobs/test_ps_async_jobs.py has the asynchronous one).
     got, m = train(tmp_path, 3, *SMALL, "--nesterov", "--mode", "ps", "--staleness", "0")
     check_against(one_rank["sgd"], got, m, 3)
     assert m["staleness_bound"] == 0 and m["staleness_observed"] == {"max": 0, "mean": 0.0}

@@ -42,7 +42,7 @@ def test_ipv6_is_canonicalised(tmp_path):
 
 def test_shipped_examples_parse():
     import os
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hostfiles")
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "hostfiles")
     assert parse_hostfile(os.path.join(here, "localhost")) == [Host("localhost", 2)]
     assert [h.name for h in parse_hostfile(os.path.join(here, "example-mpich"))] == \
         ["node1", "node2", "10.0.0.13"]

@@ -1,77 +1,18 @@
-"""ringreduce-run: flavour detection, the argv built for Hydra and Open MPI, dry-run output,
-slot checks, environment forwarding, and hostile input.
+"""ringreduce-run without running a job: flavour detection, the argv built for Hydra and Open
+MPI, dry-run output, slot checks, environment forwarding, and hostile input.
 
-Most tests run the launcher against a stand-in mpiexec: a small script that answers --version
-like the real one and otherwise records the argv and the hostfile it was given. One test at
-the end runs a real job with the installed MPI.
+The launcher runs against a stand-in mpiexec (tests/_fake_mpiexec.py) that answers --version
+like the real one. tests/jobs/test_launcher_jobs.py runs the stand-in and a real job.
 """
-import json
 import os
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 
+from _fake_mpiexec import HYDRA_VERSION, OPENMPI4_VERSION, OPENMPI5_VERSION, clean_env, \
+    dry_run, make_fake  # noqa: F401 - clean_env: an autouse fixture
 from ringreduce.launch import run
 from ringreduce.launch.run import HYDRA, OPENMPI, LaunchError, build_command, detect_flavour, \
     forwarded_env, main
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HYDRA_VERSION = """HYDRA build details:
-    Version:                                 5.0.2
-    Release Date:                            unreleased development copy
-    Launchers available:                     ssh rsh fork slurm ll lsf sge manual persist
-"""
-OPENMPI4_VERSION = "mpirun (Open MPI) 4.1.5\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
-OPENMPI5_VERSION = "mpirun (Open MPI) 5.0.3\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
-
-FAKE = """\
-#!{python}
-# Stands in for mpiexec: answers --version, otherwise records its argv and hostfile.
-import json, os, sys
-if sys.argv[1:] == ["--version"]:
-    sys.stdout.write({version!r})
-    sys.exit(0)
-args = sys.argv[1:]
-hostfile = None
-for flag in ("-f", "--hostfile"):
-    if flag in args:
-        with open(args[args.index(flag) + 1]) as f:
-            hostfile = f.read()
-with open({record!r}, "w") as f:
-    json.dump({{"argv": sys.argv, "hostfile": hostfile}}, f)
-sys.exit(int(os.environ.get("FAKE_EXIT", "0")))
-"""
-
-
-def make_fake(tmp_path, version, name="mpiexec"):
-    path = tmp_path / name
-    record = tmp_path / f"{name}.json"
-    path.write_text(FAKE.format(python=sys.executable, version=version, record=str(record)))
-    path.chmod(0o755)
-    return str(path), record
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    # The caller's RINGREDUCE_* variables would otherwise show up in every built command.
-    for name in list(os.environ):
-        if name.startswith("RINGREDUCE_"):
-            monkeypatch.delenv(name)
-
-
-def dry_run(capsys, argv):
-    assert main(["--dry-run"] + argv) == 0
-    lines = capsys.readouterr().out.splitlines()
-    # Comment lines first, then the command, which spans lines only if an argument holds a
-    # newline (quoted, so still one shell word).
-    n = next(i for i, line in enumerate(lines) if not line.startswith("#"))
-    return shlex.split("\n".join(lines[n:])), lines[:n]
 
 
 # --- flavour detection ---
@@ -249,61 +190,6 @@ def test_hostile_program_arguments_survive_quoting(tmp_path, capsys):
     assert not marker.exists()
 
 
-# --- the whole launcher, running the stand-in ---
-
-def test_runs_with_the_argv_and_hostfile_shown(tmp_path, capsys, monkeypatch):
-    fake, record = make_fake(tmp_path, HYDRA_VERSION)
-    marker = tmp_path / "pwned"
-    monkeypatch.setenv("RINGREDUCE_ALGORITHM", "ring")
-    argv = ["--mpiexec", fake, "-H", "node1:1,10.0.0.2:2", "python", f"$(touch {marker})"]
-    shown, _ = dry_run(capsys, argv)
-    assert main(argv) == 0
-    got = json.loads(record.read_text())
-    # Passed as one argv, no shell: the $(...) is an argument, never run.
-    shown[4] = got["argv"][4]  # each run writes its own temporary hostfile
-    assert got["argv"] == shown
-    assert got["argv"][-1] == f"$(touch {marker})" and not marker.exists()
-    assert got["hostfile"] == "node1:1\n10.0.0.2:2\n"
-    assert not os.path.exists(got["argv"][4])
-
-
-def test_exit_status_is_the_jobs(tmp_path, monkeypatch):
-    fake, _ = make_fake(tmp_path, HYDRA_VERSION)
-    monkeypatch.setenv("FAKE_EXIT", "7")
-    assert main(["--mpiexec", fake, "-np", "1", "true"]) == 7
-
-
-def test_sigterm_reaches_the_job(tmp_path):
-    # SIGTERM sent to the launcher alone must end the job, not leave it running.
-    ready, got = tmp_path / "ready", tmp_path / "got-term"
-    fake = tmp_path / "mpiexec"
-    fake.write_text(textwrap.dedent(f"""\
-        #!/bin/sh
-        if [ "$1" = --version ]; then echo 'HYDRA build details:'; exit 0; fi
-        trap 'echo TERM > {got}; exit 143' TERM
-        touch {ready}
-        while :; do sleep 0.1; done
-        """))
-    fake.chmod(0o755)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO,
-                                                                   os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "ringreduce.launch.run", "--mpiexec", str(fake),
-                             "-np", "1", "true"], env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, f"the launcher exited early ({proc.returncode})"
-            assert time.monotonic() < deadline, "the stand-in mpiexec never started"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 143
-        assert got.read_text().strip() == "TERM"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 # --- refusals: each an exit status of 2 and a message saying what was expected ---
 
 def refuse(capsys, argv, fragment):
@@ -380,27 +266,3 @@ def test_argparse_refusals(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-
-
-# --- the real thing ---
-
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec on PATH")
-@pytest.mark.skipif(any(k in os.environ for k in ("PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_RANK")),
-                    reason="starts its own MPI job; run under plain pytest, not mpiexec")
-def test_real_job_gets_forwarded_environment(tmp_path):
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent("""\
-        import os
-        from mpi4py import MPI
-        c = MPI.COMM_WORLD
-        seen = c.gather((os.environ.get("RINGREDUCE_CYCLE_TIME_MS"), os.environ.get("EXTRA")))
-        if c.rank == 0:
-            print("SEEN", c.size, seen, flush=True)
-        """))
-    env = dict(os.environ, RINGREDUCE_CYCLE_TIME_MS="2.5",
-               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-m", "ringreduce.launch.run", "-H", "localhost:2",
-                           "--env", "EXTRA=a b;c", sys.executable, str(script)],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SEEN 2 [('2.5', 'a b;c'), ('2.5', 'a b;c')]" in done.stdout

@@ -11,7 +11,7 @@
 - Shard bounds, roles, flattening, memory estimates and the budget error.
 - The byte counter and a one-stage pipeline run on COMM_SELF.
 
-tests/test_ps_pipeline_mpi.py runs both modes across ranks.
+tests/jobs/test_ps_pipeline_mpi.py runs both modes across ranks.
 """
 import itertools
 import os
@@ -29,7 +29,7 @@ from ringreduce.modes.pipeline import gpipe_schedule, partition_layers
 from ringreduce.modes.stage import Stage, mlp_layer_parameters
 from ringreduce.training import SGD, DistributedSampler
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
 from mlp import MLP, softmax_cross_entropy  # noqa: E402
 
 
