@@ -10,12 +10,14 @@ from numpy import ndarray
 
 from ..config import segment_size
 from ..core.choose import rides_in_header
-from ..core.tables import DTYPE_CODE, algorithm_code, op_code, signature
+from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compression_code,
+                           op_code, signature)
 from ..memory import HOST, backend_of
 from ..transport.comm import get_comm
 from .calls import check_out, output_buffer, resolve_algorithm
 from .header import fail_everywhere, negotiate
-from .run import run_algorithm
+from .compress import Codec
+from .grouped import reduce_buffer
 
 _PLANS = {}
 
@@ -23,40 +25,47 @@ _PLANS = {}
 class _Call:
     """One rank's validated view of one allreduce call."""
     __slots__ = ("mem", "arr", "op", "algorithm", "seg_bytes", "reduce", "scale", "target",
-                 "same", "sig", "piggyback")
+                 "same", "sig", "piggyback", "codec", "compression")
 
-    def __init__(self, mem, x, op, algorithm, out, segment_bytes):
+    def __init__(self, mem, x, op, algorithm, out, segment_bytes, compression):
         self.mem = mem
         arr = self.arr = mem.view(x)
         shape, dtype = mem.shape(arr), mem.dtype(arr)
-        key = (mem, shape, dtype, op, algorithm, segment_bytes)
+        key = (mem, shape, dtype, op, algorithm, segment_bytes, compression)
         plan = _PLANS.get(key)
         if plan is None:
             plan = _PLANS[key] = self._plan(mem, shape, dtype, arr.size, op, algorithm,
-                                            segment_bytes)
+                                            segment_bytes, compression)
         (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
-         self.sig) = plan
+         self.sig, self.codec) = plan
+        self.compression = compression
         self.target, self.same = (None, False) if out is None else check_out(mem, x, arr, out)
         mem.prepare()
 
     @staticmethod
-    def _plan(mem, shape, dtype, size, op, algorithm, segment_bytes):
+    def _plan(mem, shape, dtype, size, op, algorithm, segment_bytes, compression):
         algorithm = resolve_algorithm(mem, op, algorithm)
         reduce, scale = mem.kernels(op, dtype)
         seg = segment_size(segment_bytes, dtype)
-        piggyback = mem.piggyback and rides_in_header(size * dtype.itemsize, algorithm)
+        check_compression(compression, dtype, op)
+        codec = compression and Codec(mem, compression, op)
+        # A compressed call's payload is made after the header (fp16 needs the agreed scale).
+        piggyback = (mem.piggyback and codec is None
+                     and rides_in_header(size * dtype.itemsize, algorithm))
         sig = signature("allreduce", size, DTYPE_CODE[dtype], op_code(op),
-                        algorithm_code(algorithm), seg, shape, mem.mark)
-        return op, algorithm, reduce, scale, seg, piggyback, sig
+                        algorithm_code(algorithm), seg, shape, compression_code(compression),
+                        mem.mark)
+        return op, algorithm, reduce, scale, seg, piggyback, sig, codec
 
     def describe(self):
         return {"call": "allreduce", "shape": self.mem.shape(self.arr),
                 "dtype": str(self.mem.dtype(self.arr)), "op": self.op,
                 "algorithm": self.algorithm, "segment_bytes": self.seg_bytes,
-                "memory": self.mem.name}
+                "compression": self.compression, "memory": self.mem.name}
 
 
-def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None):
+def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None,
+              compression=None):
     """Reduce ``x`` element-wise over all ranks of ``comm``; every rank gets the result.
 
     ``x``: a numpy array of any shape, or anything numpy can view without copying (the buffer
@@ -67,7 +76,8 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     of ``ALGORITHM_NAMES``. ``comm``: an mpi4py communicator (default COMM_WORLD).
     ``out``: ``None`` for a new array, ``x`` itself to reduce in place, or another array of
     x's shape and dtype. ``segment_bytes``: the largest single message (default
-    ``RINGREDUCE_SEGMENT_BYTES``, 1 MiB).
+    ``RINGREDUCE_SEGMENT_BYTES``, 1 MiB). ``compression``: None, "bf16" or "fp16": float32
+    data travels as 16-bit values and comes back as float32 (``compress.py``).
 
     Every rank gets a bitwise-identical result, of x's shape and dtype. Ranks that pass
     different shapes, dtypes, ops, algorithms or memory kinds all raise
@@ -77,7 +87,7 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     c = get_comm(comm)
     mem = HOST if type(x) is ndarray else backend_of(x)  # the common case without a call
     try:
-        call = _Call(mem, x, op, algorithm, out, segment_bytes)
+        call = _Call(mem, x, op, algorithm, out, segment_bytes, compression)
     except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank
         fail_everywhere(c, exc)
     arr, target = call.arr, call.target
@@ -91,10 +101,11 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
             flat_out = reduced.copy()
         else:
             flat_out[...] = reduced
+        if call.scale is not None and arr.size:
+            call.scale(flat_out, c.size)
     elif arr.size:
-        run_algorithm(c, mem, call.algorithm, flat_in, flat_out, call.reduce, call.seg_bytes)
-    if call.scale is not None and arr.size:
-        call.scale(flat_out, c.size)
+        reduce_buffer(c, mem, flat_in, flat_out, call.reduce, call.scale, call.algorithm,
+                      call.seg_bytes, call.codec)
     if write_back:
         mem.write_back(target, flat_out)
     mem.sync()

@@ -5,10 +5,12 @@ import time
 
 from ..config import fusion_sizes
 from ..core.fusion import group_by_dtype, offsets_of, plan_buckets
-from ..core.tables import DTYPE_CODE, algorithm_code, op_code, signature
+from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compression_code,
+                           op_code, signature)
 from ..memory import backend_of_group
 from ..transport.comm import get_comm
 from .calls import resolve_algorithm
+from .compress import Codec, check_residuals, reduce_compressed
 from .header import fail_everywhere, negotiate
 from .run import run_algorithm
 
@@ -16,16 +18,20 @@ from .run import run_algorithm
 class Group:
     """One rank's validated view of a list of arrays to reduce together."""
 
-    def __init__(self, arrays, op, algorithm, inplace, fusion_threshold, segment_bytes):
+    def __init__(self, arrays, op, algorithm, inplace, fusion_threshold, segment_bytes,
+                 compression=None, residuals=None):
         mem = self.mem = backend_of_group(arrays)
         self.arrs = [mem.view(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
         self.algorithm = resolve_algorithm(mem, op, algorithm)
-        self.op = op
-        self.kernels = {}
+        self.op, self.compression = op, compression
+        self.kernels, self.codecs = {}, {}
         for a in self.arrs:
             dtype = mem.dtype(a)
             if dtype not in self.kernels:
                 self.kernels[dtype] = mem.kernels(op, dtype)
+                check_compression(compression, dtype, op)
+                self.codecs[dtype] = compression and Codec(mem, compression, op)
+        self.residuals = check_residuals(mem, residuals, self.arrs, compression)
         if inplace:
             for i, (x, a) in enumerate(zip(arrays, self.arrs)):
                 if not mem.writeable(x, a):
@@ -40,7 +46,7 @@ class Group:
         return signature("grouped_allreduce", len(self.arrs),
                          tuple((mem.shape(a), DTYPE_CODE[mem.dtype(a)]) for a in self.arrs),
                          op_code(self.op), algorithm_code(self.algorithm), self.cap, self.seg,
-                         mem.mark)
+                         compression_code(self.compression), mem.mark)
 
     def describe(self):
         mem = self.mem
@@ -48,7 +54,8 @@ class Group:
                 "shapes": tuple(mem.shape(a) for a in self.arrs),
                 "dtypes": tuple(str(mem.dtype(a)) for a in self.arrs), "op": self.op,
                 "algorithm": self.algorithm, "fusion_threshold": self.cap,
-                "segment_bytes": self.seg, "memory": mem.name}
+                "segment_bytes": self.seg, "compression": self.compression,
+                "memory": mem.name}
 
 
 def bucket_plan(mem, arrays, cap, seg):
@@ -65,7 +72,8 @@ def bucket_plan(mem, arrays, cap, seg):
 
 
 def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=False,
-                      fusion_threshold=None, segment_bytes=None):
+                      fusion_threshold=None, segment_bytes=None, compression=None,
+                      residuals=None):
     """Allreduce a list of arrays with few messages: fused per dtype into buckets of at most
     ``fusion_threshold`` bytes (default ``RINGREDUCE_FUSION_THRESHOLD``), one allreduce each.
 
@@ -75,11 +83,15 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
     pass the same number of arrays with the same shapes and dtypes, in the same order; if
     not, every rank raises :class:`MismatchError` naming the first difference.
     A list of CUDA device arrays is fused and reduced on the GPU, and the results are device
-    arrays; host and device arrays cannot share one call.
+    arrays; host and device arrays cannot share one call. ``compression`` ("bf16", "fp16")
+    sends float32 arrays as 16-bit values (``compress.py``); ``residuals``, one float32
+    array per array, turns on error feedback (the rounding residual is added to the next
+    call's input and updated in place).
     """
     c = get_comm(comm)
     try:
-        g = Group(arrays, op, algorithm, inplace, fusion_threshold, segment_bytes)
+        g = Group(arrays, op, algorithm, inplace, fusion_threshold, segment_bytes,
+                  compression, residuals)
         sig = g.signature()
     except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank
         fail_everywhere(c, exc)
@@ -89,25 +101,39 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
     for dtype, members in bucket_plan(mem, arrs, g.cap, g.seg):
         reduce, scale = g.kernels[dtype]
         reduce_bucket(c, mem, [arrs[i] for i in members], [outs[i] for i in members],
-                      dtype, reduce, scale, g.algorithm, g.seg)
+                      dtype, reduce, scale, g.algorithm, g.seg, codec=g.codecs[dtype],
+                      residuals=None if g.residuals is None else [g.residuals[i] for i in members])
     mem.sync()
     return list(arrays) if inplace else outs
 
 
-def reduce_bucket(c, mem, ins, outs, dtype, reduce, scale, algorithm, seg, times=None):
+def reduce_buffer(c, mem, src, dst, reduce, scale, algorithm, seg, codec=None, residual=None):
+    """Reduce the 1-D ``src`` into ``dst`` (the same object for in place) with an algorithm
+    every rank agreed on, through ``codec`` (``compress.Codec``) when the call compresses."""
+    if codec is None:
+        run_algorithm(c, mem, algorithm, src, dst, reduce, seg)
+        if scale is not None:
+            scale(dst, c.size)
+    else:
+        reduce_compressed(c, mem, codec, algorithm, seg, src, dst, scale, residual)
+
+
+def reduce_bucket(c, mem, ins, outs, dtype, reduce, scale, algorithm, seg, times=None,
+                  codec=None, residuals=None):
     """Reduce one bucket of ``mem`` arrays over ``c``: a lone contiguous tensor goes straight
     through, else pack, reduce in the fusion buffer, unpack. The ranks already agreed on
-    everything, so no header. Returns the bytes reduced; ``times``, a list, receives the
+    everything, so no header. ``residuals``: error-feedback arrays, one per tensor, packed
+    and unpacked beside them. Returns the bytes reduced; ``times``, a list, receives the
     perf_counter stamps (start, packed, reduced, unpacked) for the timeline."""
     t0 = time.perf_counter() if times is not None else 0.0
-    if len(ins) == 1 and mem.contiguous(ins[0]) and mem.contiguous(outs[0]):
+    if len(ins) == 1 and mem.contiguous(ins[0]) and mem.contiguous(outs[0]) and (
+            residuals is None or mem.contiguous(residuals[0])):
         src = mem.flat(ins[0])
         # The same object when in place: algorithms recognise in-place by identity.
         dst = src if outs[0] is ins[0] else mem.flat(outs[0])
         if src.size:
-            run_algorithm(c, mem, algorithm, src, dst, reduce, seg)
-            if scale is not None:
-                scale(dst, c.size)
+            reduce_buffer(c, mem, src, dst, reduce, scale, algorithm, seg, codec,
+                          None if residuals is None else mem.flat(residuals[0]))
         if times is not None:
             t1 = time.perf_counter()
             times[:] = (t0, t0, t1, t1)
@@ -116,12 +142,16 @@ def reduce_bucket(c, mem, ins, outs, dtype, reduce, scale, algorithm, seg, times
     buf = mem.fusion_buffer(c, dtype, total)
     if total:
         mem.pack(ins, buf, offsets)
+        res = None
+        if residuals is not None:
+            res = mem.scratch(c, "fused feedback", dtype, total)
+            mem.pack(residuals, res, offsets)
         t1 = time.perf_counter() if times is not None else 0.0
-        run_algorithm(c, mem, algorithm, buf, buf, reduce, seg)
-        if scale is not None:
-            scale(buf, c.size)
+        reduce_buffer(c, mem, buf, buf, reduce, scale, algorithm, seg, codec, res)
         t2 = time.perf_counter() if times is not None else 0.0
         mem.unpack(buf, outs, offsets)
+        if res is not None:
+            mem.unpack(res, residuals, offsets)
     else:
         t1 = t2 = t0
     if times is not None:

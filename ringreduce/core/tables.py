@@ -5,6 +5,7 @@ messages (counts, dtypes, op, algorithm, sizes); the header pass compares it acr
 (``collectives/header.py``). ``hash()`` of a tuple of ints, strs excluded, is the same in
 every process (no hash randomisation for ints), so the tuples hold codes, not names.
 """
+import ml_dtypes
 import numpy as np
 
 OPS = ("sum", "avg", "min", "max", "prod")
@@ -14,10 +15,16 @@ OPS = ("sum", "avg", "min", "max", "prod")
 # RINGREDUCE_ALGORITHM without importing the algorithms and MPI.
 ALGORITHM_NAMES = ("auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical")
 
-# Every numeric numpy dtype; the index is the dtype's code in the header.
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# Every numeric numpy dtype, and bfloat16 (numpy's through ml_dtypes, whose ``kind`` is "V":
+# test for it by identity, not by kind); the index is the dtype's code in the header.
 DTYPES = tuple(np.dtype(c) for c in (
     "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-    "float16", "float32", "float64", "complex64", "complex128"))
+    "float16", "float32", "float64", "complex64", "complex128")) + (BFLOAT16,)
+
+# Gradient compression: the 16-bit type float32 data travels as.
+COMPRESSIONS = {None: None, "bf16": BFLOAT16, "fp16": np.dtype("float16")}
 DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 
 # Every collective; its index leads the signature, so ranks in different collectives never
@@ -44,6 +51,30 @@ def check_op_dtype(op, dtype):
     if op in ("min", "max") and dtype.kind == "c":
         raise TypeError(f"op={op!r} is not defined for complex dtype {dtype}; "
                         "complex supports 'sum', 'avg' and 'prod'")
+
+
+def is_floating(dtype):
+    """float16/32/64 and bfloat16."""
+    return dtype.kind == "f" or dtype == BFLOAT16
+
+
+def check_compression(compression, dtype, op):
+    """The wire dtype of ``compression`` for ``dtype`` data (None for none); TypeError or
+    ValueError for what cannot be compressed."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}; expected None, 'bf16' or "
+                         "'fp16'")
+    if compression is None:
+        return None
+    if dtype != np.float32:
+        raise TypeError(f"compression={compression!r} takes float32 data, got {dtype}")
+    if op not in ("sum", "avg"):
+        raise ValueError(f"compression={compression!r} serves op 'sum' and 'avg', got op={op!r}")
+    return COMPRESSIONS[compression]
+
+
+def compression_code(compression):
+    return tuple(COMPRESSIONS).index(compression)
 
 
 def check_op(op):

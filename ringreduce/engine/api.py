@@ -2,6 +2,8 @@
 from mpi4py import MPI
 
 from ..collectives.calls import check_out, output_buffer, resolve_algorithm
+from ..collectives.compress import Codec, check_residuals
+from ..core.tables import check_compression
 from ..config import segment_size
 from ..memory import backend_of
 from ..transport import topology
@@ -12,7 +14,7 @@ from .handle import Handle
 
 
 def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=None,
-                    segment_bytes=None):
+                    segment_bytes=None, compression=None, residual=None):
     """Start an allreduce in the background; returns a :class:`Handle`.
 
     Same arguments as :func:`allreduce`, plus ``name``: tensors are matched across ranks by
@@ -21,7 +23,8 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     result (``out`` if given, else a new array) or raises the error every rank got.
     Tensors submitted within one cycle are fused into few messages. Don't modify ``x``
     until the handle is done. A CUDA device array is reduced on the GPU, its result is a
-    device array.
+    device array. ``compression`` and ``residual`` (error feedback: a float32 array of x's
+    shape, updated in place when the handle completes) as for ``grouped_allreduce``.
     """
     ENGINE.check_healthy()
     ch = ENGINE.channel(MPI.COMM_WORLD if comm is None else comm)
@@ -30,19 +33,27 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     algorithm = resolve_algorithm(mem, op, algorithm)
     shape, dtype = mem.shape(arr), mem.dtype(arr)
     mem.kernels(op, dtype)
+    check_compression(compression, dtype, op)
+    codec = compression and Codec(mem, compression, op)
+    residuals = check_residuals(mem, None if residual is None else [residual], [arr],
+                                compression)
     target, same = check_out(mem, x, arr, out)
     mem.prepare()
     seg = segment_size(segment_bytes)
     ch.use_device(mem.device())
     e = Entry()
     e.name, e.mem, e.op, e.algorithm, e.seg = ch.entry_name(name), mem, op, algorithm, seg
+    e.codec = codec
+    e.residual = None if residuals is None else mem.flatten(residuals[0])
+    if e.residual is not None and not mem.contiguous(residuals[0]):
+        raise ValueError("residual must be a contiguous array (it is updated in place)")
     # A non-contiguous x is copied now: the caller may not touch x, but its layout stays.
     e.flat_in = mem.flatten(arr)
     e.flat_out, e.write_back = output_buffer(mem, arr, e.flat_in, target, same, False)
     e.target = target
     e.handle = Handle(name, e.flat_out.reshape(shape) if target is None else out)
     # Everything that shapes the messages: ranks that differ get an error, not a hang.
-    e.meta = (shape, str(dtype), op, algorithm, seg, mem.name)
+    e.meta = (shape, str(dtype), op, algorithm, seg, mem.name, compression)
     e.submitted = ENGINE.clock()
     # The engine thread reads x through MPI or a staging copy: the caller's kernels that
     # produce x, and the copy above, must be done by then.

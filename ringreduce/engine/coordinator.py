@@ -20,7 +20,7 @@ import collections
 
 from ..collectives.header import mismatch_message
 
-META_FIELDS = ("shape", "dtype", "op", "algorithm", "segment_bytes", "memory")
+META_FIELDS = ("shape", "dtype", "op", "algorithm", "segment_bytes", "memory", "compression")
 
 
 class Coordinator:

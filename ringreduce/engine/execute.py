@@ -24,7 +24,7 @@ class Entry:
     """What the engine keeps of one ``allreduce_async``: the 1-D buffers it reduces, the
     ``out`` to write back into, the metadata every rank must share, and the handle."""
     __slots__ = ("name", "mem", "flat_in", "flat_out", "target", "write_back", "op",
-                 "algorithm", "seg", "handle", "meta", "submitted")
+                 "algorithm", "seg", "codec", "residual", "handle", "meta", "submitted")
 
     def finish(self):
         """Copy the result into a non-contiguous ``out`` if needed."""
@@ -44,13 +44,14 @@ def apply(ch, response, tl):
     groups = {}
     for name, first, last in ready:
         e = ch.pending.pop(name)
-        groups.setdefault((e.mem.name, e.flat_in.dtype, e.op, e.algorithm, e.seg),
-                          []).append(e)
+        key = (e.mem.name, e.flat_in.dtype, e.op, e.algorithm, e.seg,
+               e.codec and e.codec.compression, e.residual is not None)
+        groups.setdefault(key, []).append(e)
         if tl is not None:
             tl.phase(name, "WAIT_FOR_DATA", _pc(first), _pc(last))
             tl.phase(name, "NEGOTIATE", _pc(last), start)
     cap = get_config().fusion_threshold
-    for (_, dtype, op, algorithm, seg), group in groups.items():
+    for (_, dtype, op, algorithm, seg, _, _), group in groups.items():
         mem = group[0].mem
         reduce, scale = mem.kernels(op, dtype)
         with mem.on_device(ch.device):
@@ -62,9 +63,10 @@ def apply(ch, response, tl):
 def _reduce(ch, mem, bucket, dtype, reduce, scale, algorithm, seg, tl, queued):
     times = [] if tl is not None else None
     try:
+        residuals = None if bucket[0].residual is None else [e.residual for e in bucket]
         nbytes = reduce_bucket(ch.data, mem, [e.flat_in for e in bucket],
                                [e.flat_out for e in bucket], dtype, reduce, scale, algorithm,
-                               seg, times)
+                               seg, times, bucket[0].codec, residuals)
         for e in bucket:
             e.finish()
         mem.sync()  # the result is complete before anyone can wait on it

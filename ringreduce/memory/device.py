@@ -116,13 +116,22 @@ class DeviceBackend:
 
     # -- fusion ----------------------------------------------------------------------------
     @staticmethod
-    def fusion_buffer(c, dtype, n):
+    def scratch(c, purpose, dtype, n):
         """A device buffer of ``n`` elements, kept per communicator like the host one."""
-        key = ("device", dtype)
+        key = ("device", purpose, dtype)
         buf = c.state.fusion.get(key)
         if buf is None or buf.size < n:
             buf = c.state.fusion[key] = Cuda.cuda.device_array(n, dtype)
         return buf[:n]
+
+    def fusion_buffer(self, c, dtype, n):
+        return self.scratch(c, "fusion", dtype, n)
+
+    @staticmethod
+    def codec(wire):
+        raise TypeError("compression of CUDA device arrays is not available: the device "
+                        "backend has no compress kernels; compress on the host, or pass "
+                        "bfloat16/float16 device arrays")
 
     @staticmethod
     def pack(arrays, buffer, offsets):

@@ -5,7 +5,7 @@ import contextlib
 
 import numpy as np
 
-from ..core.tables import ALGORITHM_NAMES, check_op_dtype
+from ..core.tables import ALGORITHM_NAMES, BFLOAT16, check_op_dtype
 
 
 class HostBackend:
@@ -38,10 +38,13 @@ class HostBackend:
         if got is None:
             from ..kernels.cpu import reduce_kernel, scale_kernel
             check_op_dtype(op, dtype)
+            # bfloat16: numpy's ufuncs through ml_dtypes (float32 arithmetic, one rounding)
+            # until kernels.cpu has its own.
+            impl = "numpy" if dtype == BFLOAT16 else None
             if op == "avg":
-                got = reduce_kernel("sum", dtype), scale_kernel(dtype)
+                got = reduce_kernel("sum", dtype, impl), scale_kernel(dtype, impl)
             else:
-                got = reduce_kernel(op, dtype), None
+                got = reduce_kernel(op, dtype, impl), None
             self._kernels[(op, dtype)] = got
         return got
 
@@ -93,14 +96,35 @@ class HostBackend:
 
     # -- fusion ----------------------------------------------------------------------------
     @staticmethod
-    def fusion_buffer(c, dtype, n):
-        """A reusable 1-D buffer of at least ``n`` elements per communicator and dtype: a
-        fresh 64 MiB allocation per call would cost more in page faults than the copy."""
-        key = ("host", dtype)
+    def scratch(c, purpose, dtype, n):
+        """A reusable 1-D buffer of at least ``n`` elements per communicator, purpose and
+        dtype: a fresh 64 MiB allocation per call would cost more in page faults than the
+        copy into it. Purposes: "fusion" (buckets), "wire" and "feedback" (compression)."""
+        key = ("host", purpose, dtype)
         buf = c.state.fusion.get(key)
         if buf is None or buf.size < n:
             buf = c.state.fusion[key] = np.empty(n, dtype)
         return buf[:n]
+
+    def fusion_buffer(self, c, dtype, n):
+        return self.scratch(c, "fusion", dtype, n)
+
+    # -- compression -------------------------------------------------------------------------
+    @staticmethod
+    def codec(wire):
+        """``(compress(dst, src, s), decompress(dst, src, s))``: float32 to ``wire`` values
+        multiplied by ``s`` (a power of two, exact) with one rounding to nearest-even, and
+        back multiplied by ``s``."""
+        return _numpy_compress, _numpy_decompress
+
+    @staticmethod
+    def amax(a):
+        """The largest magnitude in ``a`` (NaN if any element is NaN), as a Python float."""
+        return float(np.max(np.abs(a))) if a.size else 0.0
+
+    @staticmethod
+    def subtract(dst, src):
+        np.subtract(dst, src, out=dst)
 
     @staticmethod
     def pack(arrays, buffer, offsets):
@@ -133,6 +157,15 @@ class HostBackend:
     @staticmethod
     def on_device(device):
         return contextlib.nullcontext()
+
+
+def _numpy_compress(dst, src, s):
+    # numpy multiplies in float32 and rounds once when it casts into the 16-bit ``dst``.
+    np.multiply(src, np.float32(s), out=dst, casting="unsafe")
+
+
+def _numpy_decompress(dst, src, s):
+    np.multiply(src, np.float32(s), out=dst, casting="unsafe")
 
 
 HOST = HostBackend()

@@ -176,13 +176,23 @@ class GradSync:
     constructor is collective and checks that (as DDP's does): ranks whose parameter shapes,
     dtypes or bucket caps differ all raise ValueError, naming the first difference, rather
     than wait for buckets the others never send.
+
+    ``compression="bf16"`` or ``"fp16"`` sends float32 gradients as 16-bit values
+    (``collectives/compress.py``); ``error_feedback=True`` keeps each bucket's rounding
+    residual and adds it to the next step's gradients, so compression delays what it rounds
+    away instead of losing it. Every rank must pass the same compression (checked by the
+    engine's negotiation or the header, with an error on every rank).
     """
 
     def __init__(self, params, *, bucket_cap_bytes=25 * 2**20, comm=None, overlap=True,
-                 algorithm="auto"):
+                 algorithm="auto", compression=None, error_feedback=False):
         self.params = list(params)
         _check_same_layout(self.params, bucket_cap_bytes, comm)  # collective
+        if error_feedback and compression is None:
+            raise ValueError("GradSync: error_feedback=True needs a compression ('bf16' or "
+                             "'fp16'), got compression=None")
         self.comm = comm
+        self.compression = compression
         self.overlap = bool(overlap)
         self.algorithm = algorithm
         self.bucket_members = _reverse_buckets(self.params, bucket_cap_bytes)
@@ -199,6 +209,8 @@ class GradSync:
                 self._bucket_of[i] = k
                 offset += n
             self.buffers.append(buf)
+        self.residuals = ([np.zeros_like(b) for b in self.buffers] if error_feedback
+                          else None)
         self._tag = f"gradsync{next(_gradsync_ids)}"
         self._no_sync = False
         self._marked = np.zeros(len(self.params), dtype=bool)
@@ -250,7 +262,8 @@ class GradSync:
     def _launch(self, k):
         self._handles[k] = allreduce_async(
             self.buffers[k], "sum", name=f"{self._tag}.bucket{k}", algorithm=self.algorithm,
-            comm=self.comm, out=self.buffers[k])
+            comm=self.comm, out=self.buffers[k], compression=self.compression,
+            residual=None if self.residuals is None else self.residuals[k])
 
     def wait(self):
         """Finish this step's reduction; return True when every reduced gradient is finite.
@@ -275,7 +288,8 @@ class GradSync:
                 # Nothing to overlap with any more: one blocking call in this thread, so no
                 # background engine runs (and polls) while backward computes.
                 grouped_allreduce(self.buffers, "sum", algorithm=self.algorithm,
-                                  comm=self.comm, inplace=True)
+                                  comm=self.comm, inplace=True, compression=self.compression,
+                                  residuals=self.residuals)
         finally:
             self._handles = [None] * len(self.buffers)
             self._marked[:] = False

@@ -1,0 +1,108 @@
+"""Gradient compression: float32 data travels as 16-bit values and comes back as float32.
+
+``compression="bf16"`` or ``"fp16"`` on ``allreduce``, ``grouped_allreduce``,
+``allreduce_async`` and ``GradSync``: each rank rounds its float32 input once to the wire
+type, the algorithm runs on wire values (every local reduction reads two 16-bit values, adds
+in float32 and rounds once to nearest-even), and the result is widened back to float32.
+Half the bytes cross the network and the memory bus at every step.
+
+fp16 scaling. fp16's largest finite value is 65504, so a large gradient (or a sum of p of
+them) would overflow to inf. Before compressing, the ranks agree on the largest magnitude
+``amax`` of the data (one 4-byte recursive-doubling exchange, lg p messages) and every rank
+multiplies by the same power of two ``s = 2**floor(log2(65504 / (p * amax)))``: no partial
+sum of p values can then exceed 65504, and small gradients move up out of fp16's subnormal
+range instead of flushing to zero. A power of two is exact in float32, so scaling and
+unscaling add no rounding of their own; the result is divided by ``s`` when widened. bf16
+has float32's exponent range and needs no scaling.
+
+Error bound. Every input is rounded once (relative error at most u: 2**-8 for bf16, 2**-11
+for fp16) and every reduction step rounds its float32 sum once more. A result element sees
+at most ``1 + r`` roundings, r being the steps that reduce it: p - 1 in the ring (a chunk is
+reduced once at every hop), ceil(lg p) in rhd, doubling and the tree (plus one for the
+fold of a non-power-of-two p). So ``|result - exact| <= (1 + r) * u * sum_i |x_i|`` to first
+order; tests/collective/test_compression.py checks it for every algorithm.
+
+Error feedback (``residual=``): the rounding error of a rank's compression is kept and added
+to its next input, so nothing is lost over steps, only delayed (what makes compressed
+training converge like uncompressed). The residual holds ``g + r - Q(g + r)`` after a call.
+"""
+import math
+
+import numpy as np
+
+from ..core.tables import COMPRESSIONS
+from ..memory.host import HOST
+from .run import run_algorithm
+
+FP16_MAX = 65504.0
+
+
+class Codec:
+    """How one call compresses: the wire dtype, its reduction kernel, its codec kernels."""
+    __slots__ = ("compression", "wire", "reduce", "compress", "decompress", "scaled")
+
+    def __init__(self, mem, compression, op):
+        self.compression = compression
+        self.wire = COMPRESSIONS[compression]
+        self.reduce, _ = mem.kernels("sum" if op == "avg" else op, self.wire)
+        self.compress, self.decompress = mem.codec(self.wire)
+        self.scaled = compression == "fp16"
+
+
+def check_residuals(mem, residuals, arrs, compression):
+    """The error-feedback arrays as ``mem`` arrays, one writeable float32 array per tensor
+    of its shape; None without feedback."""
+    if residuals is None:
+        return None
+    if compression is None:
+        raise ValueError("residuals (error feedback) need a compression, got compression=None")
+    residuals = list(residuals)
+    if len(residuals) != len(arrs):
+        raise ValueError(f"residuals must hold one array per tensor: {len(arrs)} tensors, "
+                         f"{len(residuals)} residuals")
+    out = []
+    for i, (r, a) in enumerate(zip(residuals, arrs)):
+        v = mem.view(r, f"residuals[{i}]")
+        if mem.shape(v) != mem.shape(a) or mem.dtype(v) != np.float32 or not mem.writeable(r, v):
+            raise ValueError(f"residuals[{i}] must be a writeable float32 array of shape "
+                             f"{mem.shape(a)}, got {mem.dtype(v)} of shape {mem.shape(v)}")
+        out.append(v)
+    return out
+
+
+def fp16_scale(amax, p):
+    """The power of two that keeps p values of magnitude ``amax`` summable in fp16."""
+    if not (amax > 0 and math.isfinite(amax)):
+        return 1.0  # zeros need none; a NaN or inf is carried as it is
+    return math.ldexp(1.0, max(-120, min(120, math.floor(math.log2(FP16_MAX / (p * amax))))))
+
+
+def _agreed_amax(c, mem, data):
+    """The largest magnitude of ``data`` over every rank (the ranks already agreed on the
+    call in its header, so this exchange needs none of its own)."""
+    a = np.array([mem.amax(data)], np.float32)
+    if c.size > 1:
+        reduce, _ = HOST.kernels("max", a.dtype)
+        run_algorithm(c, HOST, "doubling", a, a, reduce, a.nbytes)
+    return float(a[0])
+
+
+def reduce_compressed(c, mem, codec, algorithm, seg, src, dst, scale, residual=None):
+    """Reduce the 1-D float32 ``src`` into ``dst`` through ``codec``'s wire type; ``scale``:
+    the avg kernel or None; ``residual``: error feedback, updated in place."""
+    n = src.size
+    wire = mem.scratch(c, "wire", codec.wire, n)
+    if residual is not None:
+        add, _ = mem.kernels("sum", residual.dtype)
+        add(residual, src)  # the input of this call is g + r
+        src = residual
+    s = fp16_scale(_agreed_amax(c, mem, src), c.size) if codec.scaled else 1.0
+    codec.compress(wire, src, s)
+    if residual is not None:
+        sent = mem.scratch(c, "feedback", residual.dtype, n)
+        codec.decompress(sent, wire, 1.0 / s)
+        mem.subtract(residual, sent)  # r = (g + r) - Q(g + r)
+    run_algorithm(c, mem, algorithm, wire, wire, codec.reduce, seg)
+    codec.decompress(dst, wire, 1.0 / s)
+    if scale is not None:
+        scale(dst, c.size)
