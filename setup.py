@@ -16,7 +16,8 @@ setup(
         "modes", "launch", "perf")] + ["ringreduce.kernels"],
     package_dir={"ringreduce": "ringreduce", "ringreduce.kernels": "kernels"},
     package_data={"ringreduce": ["data/*.npz"]},
-    install_requires=["numpy>=1.23", "mpi4py>=3.1", "numba>=0.57"],
+    # ml-dtypes: numpy's bfloat16.
+    install_requires=["numpy>=1.23", "mpi4py>=3.1", "numba>=0.57", "ml-dtypes>=0.3"],
     extras_require={
         # A self-contained MPI from pip for one box; on a cluster leave it out and mpi4py
         # uses the system's MPI.
