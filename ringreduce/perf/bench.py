@@ -13,18 +13,24 @@ elements that differ from the exact answer, summed over ranks. ``vs native`` is 
 time over native's median time: below 1 is faster than MPI. ``memcpy`` is one local copy of
 the same bytes, timed in the same run: the memory-bandwidth floor on one box.
 
-An algorithm may carry a segment size: ``ring:262144`` is the ring with 256 KiB segments.
+An algorithm may carry a segment size: ``ring:262144`` is the ring with 256 KiB segments; a
+compression: ``ring+bf16`` sends the float32 data as bfloat16 (``+fp16``: float16, scaled);
+and a dtype of its own for the same element count: ``ring@bfloat16`` reduces bfloat16 arrays
+beside the others' ``--dtype`` ones (so ``-d float32 -a ring ring@bfloat16`` compares the two
+at equal counts). Native MPI has no bfloat16: its column is skipped for ``-d bfloat16``.
 """
 import argparse
 import json
 import sys
 import time
 
+import ml_dtypes
 import numpy as np
 from mpi4py import MPI
 
 from ..algorithms import ALGORITHMS
 from ..collectives.allreduce import allreduce
+from ..core.tables import COMPRESSIONS
 
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
          "G": 1 << 30, "GB": 1 << 30}
@@ -51,22 +57,47 @@ def size_list(args):
     return sizes
 
 
-def parse_algorithm(spec):
-    name, _, seg = spec.partition(":")
-    if name != "native" and name not in ALGORITHMS and name != "auto":
-        raise argparse.ArgumentTypeError(
-            f"unknown algorithm {name!r}; expected native, auto or one of {', '.join(ALGORITHMS)}")
-    return spec, name, (parse_size(seg) if seg else None)
+def parse_dtype(text):
+    """numpy's dtype names, and bfloat16 (ml_dtypes)."""
+    try:
+        return np.dtype(ml_dtypes.bfloat16) if text == "bfloat16" else np.dtype(text)
+    except TypeError:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}") from None
 
 
-def make_runner(name, seg, comm, x, out, op):
-    if name == "native":
+class Spec:
+    """``NAME[:SEGMENT][+COMPRESSION][@DTYPE]`` (see the module docstring)."""
+
+    def __init__(self, text):
+        self.text = text
+        rest, _, dtype = text.partition("@")
+        rest, _, comp = rest.partition("+")
+        name, _, seg = rest.partition(":")
+        if name != "native" and name not in ALGORITHMS and name != "auto":
+            raise argparse.ArgumentTypeError(
+                f"unknown algorithm {name!r}; expected native, auto or one of "
+                f"{', '.join(ALGORITHMS)}")
+        if comp and comp not in COMPRESSIONS:
+            raise argparse.ArgumentTypeError(f"unknown compression {comp!r} in {text!r}; "
+                                             "expected bf16 or fp16")
+        self.name, self.seg = name, (parse_size(seg) if seg else None)
+        self.compression = comp or None
+        self.dtype = parse_dtype(dtype) if dtype else None
+
+
+def parse_algorithm(text):
+    return Spec(text)
+
+
+def make_runner(spec, comm, x, out, op):
+    if spec.name == "native":
         mpi_op = MPI_OPS.get(op, MPI.SUM)
         return lambda: comm.Allreduce(x, out, op=mpi_op)
-    return lambda: allreduce(x, op, algorithm=name, comm=comm, out=out, segment_bytes=seg)
+    return lambda: allreduce(x, op, algorithm=spec.name, comm=comm, out=out,
+                             segment_bytes=spec.seg, compression=spec.compression)
 
 
-def count_wrong(name, seg, comm, n, dtype, op):
+def count_wrong(spec, comm, n, dtype, op):
     """Elements that differ from the exact answer, summed over ranks (integer-valued data)."""
     rank, p = comm.Get_rank(), comm.Get_size()
     i = np.arange(n)
@@ -77,7 +108,7 @@ def count_wrong(name, seg, comm, n, dtype, op):
     ref = {"sum": np.sum, "min": np.min, "max": np.max, "prod": np.prod}[op](
         np.stack(ranks).astype(np.float64), axis=0) if n else np.zeros(0)
     out = np.empty_like(x)
-    make_runner(name, seg, comm, x, out, op)()
+    make_runner(spec, comm, x, out, op)()
     wrong = np.array([np.count_nonzero(out.astype(np.float64) != ref)], np.int64)
     comm.Allreduce(MPI.IN_PLACE, wrong, op=MPI.SUM)
     return int(wrong[0])
@@ -113,12 +144,14 @@ def time_interleaved(comm, runs, iters, warmup):
 def time_size(algs, comm, nbytes, dtype, op, iters, warmup):
     n = nbytes // dtype.itemsize
     rng = np.random.default_rng(comm.Get_rank())
-    x = rng.standard_normal(n).astype(dtype)
-    # One output buffer for all: with one each, the same algorithm ran 5-17% slower into
-    # one buffer than into another (placement in memory), which read as a difference
-    # between algorithms.
-    out = np.empty_like(x)
-    runners = {spec: make_runner(name, seg, comm, x, out, op) for spec, name, seg in algs}
+    data = rng.standard_normal(n)
+    # One output buffer per dtype for all: with one each, the same algorithm ran 5-17%
+    # slower into one buffer than into another (placement in memory), which read as a
+    # difference between algorithms.
+    bufs = {}
+    for d in {dtype} | {s.dtype for s in algs if s.dtype is not None}:
+        bufs[d] = (data.astype(d), np.empty(n, d))
+    runners = {s.text: make_runner(s, comm, *bufs[s.dtype or dtype], op) for s in algs}
     return n, time_interleaved(comm, runners, iters, warmup)
 
 
@@ -143,7 +176,8 @@ def main(argv=None):
     ap.add_argument("-e", "--maxbytes", type=parse_size, default=64 << 20)
     ap.add_argument("-f", "--stepfactor", type=int, default=8)
     ap.add_argument("--sizes", type=parse_size, nargs="+", help="explicit sizes (overrides -b/-e/-f)")
-    ap.add_argument("-d", "--dtype", default="float32")
+    ap.add_argument("-d", "--dtype", type=parse_dtype, default=np.dtype("float32"),
+                    help="numpy dtype name, or bfloat16")
     ap.add_argument("-o", "--op", default="sum", choices=sorted(MPI_OPS))
     ap.add_argument("-a", "--algorithms", type=parse_algorithm, nargs="+",
                     default=[parse_algorithm(a) for a in ("native", "auto", "ring", "tree", "rhd", "doubling")],
@@ -157,11 +191,13 @@ def main(argv=None):
     ap.add_argument("--json", help="write the results as JSON to this file (rank 0)")
     ap.add_argument("--markdown", help="append the table as markdown to this file (rank 0)")
     args = ap.parse_args(argv)
-    dtype = np.dtype(args.dtype)
+    dtype = args.dtype
     comm = MPI.COMM_WORLD
     rank, p = comm.Get_rank(), comm.Get_size()
     algs = args.algorithms
-    specs = [a[0] for a in algs]
+    if dtype == ml_dtypes.bfloat16:  # MPI has no bfloat16 reduction
+        algs = [s for s in algs if s.name != "native"]
+    specs = [s.text for s in algs]
     has_native = "native" in specs
 
     # Two header lines, as nccl-tests prints: the algorithm over its group of columns.
@@ -187,8 +223,8 @@ def main(argv=None):
         iters = args.iters or (200 if nbytes <= 64 << 10 else 50 if nbytes <= 4 << 20 else 10)
         warmup = args.warmup if args.warmup is not None else max(2, iters // 10)
         n, med = time_size(algs, comm, nbytes, dtype, args.op, iters, warmup)
-        wrong = {spec: (count_wrong(name, seg, comm, n, dtype, args.op) if args.check else -1)
-                 for spec, name, seg in algs}
+        wrong = {s.text: (count_wrong(s, comm, n, s.dtype or dtype, args.op)
+                          if args.check else -1) for s in algs}
         mc = time_memcpy(nbytes, iters) if args.memcpy else None
         row = {"bytes": nbytes, "count": n, "type": str(dtype), "op": args.op, "ranks": p,
                "results": {}}
