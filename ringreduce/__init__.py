@@ -14,13 +14,15 @@ from .engine.abort import install as _install_abort_hook
 
 __version__ = "0.1.0"
 
-# public name -> the module that defines it
+# public name -> the module that defines it (a name mapped to itself is a subpackage:
+# rr.elastic.State)
 _EXPORTS = {
     "init": "engine.api", "allreduce_async": "engine.api", "Handle": "engine.handle",
     "allreduce": "collectives.allreduce", "grouped_allreduce": "collectives.grouped",
     "broadcast": "collectives.moves", "allgather": "collectives.moves",
     "reduce_scatter": "collectives.moves", "barrier": "collectives.moves",
     "StallError": "errors", "MismatchError": "errors", "RingReduceError": "errors",
+    "RankFailedError": "errors", "elastic": "elastic",
     "choose_algorithm": "core.choose", "OPS": "core.tables",
     "ALGORITHM_NAMES": "core.tables", "assign_buckets": "core.fusion", "get_config": "config",
     "broadcast_parameters": "training", "GradSync": "training",
@@ -35,7 +37,8 @@ def __getattr__(name):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ringreduce' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    found = importlib.import_module(f".{module}", __name__)
+    value = found if module == name else getattr(found, name)
     globals()[name] = value
     return value
 

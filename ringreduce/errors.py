@@ -14,6 +14,20 @@ class StallError(RingReduceError):
     """Some ranks waited longer than RINGREDUCE_STALL_SHUTDOWN_SECONDS for others."""
 
 
+class RankFailedError(RingReduceError):
+    """A rank of the communicator died, as MPI's fault-tolerance extension (ULFM) reported
+    it; raised on every surviving rank by the collective that met the failure.
+    ``failed``: the failed ranks, numbered in the communicator of the call (empty when the
+    library could not learn them yet). ``ringreduce.elastic.run`` recovers from it."""
+
+    def __init__(self, message, failed=()):
+        super().__init__(message)
+        self.failed = tuple(failed)
+
+    def __reduce__(self):  # keep ``failed`` through pickling (an allgather, a Queue)
+        return type(self), (str(self), self.failed)
+
+
 def agree(mpi_comm, value, local_error, what):
     """Collective over an mpi4py communicator: every rank's ``value`` once every rank's local
     checks passed. Otherwise the same failure everywhere, in the same call: the rank that

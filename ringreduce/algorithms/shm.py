@@ -71,7 +71,9 @@ from numba import njit
 from ..config import get_config
 from ..core.schedule import chunk_bounds
 from ..kernels.cpu import nb_max, nb_min, nb_prod, nb_sum
-from ..transport.comm import Comm
+from ..transport import fault
+from ..transport.comm import Comm, on_reset
+from ..transport.tags import TAG_WATCH
 from ..transport.topology import split_nodes
 from .ring import ring
 
@@ -112,6 +114,9 @@ def _free_all():
 
 
 atexit.register(_free_all)  # after mpi4py's own handler (imported above), so it runs first
+# After a lost rank (ringreduce.elastic) the windows' node may hold a dead rank: never free
+# them collectively at exit, just forget them.
+on_reset.append(_live.clear)
 
 
 # The first step of a slice's fold, ``out = x0 op x1``, in one pass instead of a copy and a
@@ -169,6 +174,10 @@ class _Window:
         # otherwise spin, then yield, then nap (see _SPINS).
         self.spins, self.yields = (0, 0) if nap else (_SPINS, _YIELDS)
         self.nap = nap or _NAP_S
+        # Under ULFM a dead peer never raises its counter: while napping, a receive probe
+        # from any source on the node raises MPI_ERR_PROC_FAILED once one of its ranks is
+        # gone (or MPI_ERR_REVOKED), so the wait ends in RankFailedError, not a hang.
+        self.watch = node if fault.ENABLED else None
         self.p = node.Get_size()
         self.rank = node.Get_rank()
         self.block_bytes = block_bytes
@@ -224,6 +233,8 @@ class _Window:
                 spins += 1
                 if spins > self.yields:
                     time.sleep(self.nap)
+                    if self.watch is not None:
+                        self.watch.Iprobe(MPI.ANY_SOURCE, TAG_WATCH)
                 elif spins > self.spins:
                     os.sched_yield()
         self.win.Sync()  # the peers' data writes are visible to my reads from here on

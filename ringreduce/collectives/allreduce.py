@@ -13,7 +13,7 @@ from ..core.choose import rides_in_header
 from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compression_code,
                            op_code, signature)
 from ..memory import HOST, backend_of
-from ..transport.comm import get_comm
+from ..transport.comm import detects_failures, get_comm
 from .calls import check_out, output_buffer, resolve_algorithm
 from .header import fail_everywhere, negotiate
 from .compress import Codec
@@ -64,6 +64,7 @@ class _Call:
                 "compression": self.compression, "memory": self.mem.name}
 
 
+@detects_failures
 def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_bytes=None,
               compression=None):
     """Reduce ``x`` element-wise over all ranks of ``comm``; every rank gets the result.

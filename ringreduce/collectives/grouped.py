@@ -8,7 +8,7 @@ from ..core.fusion import group_by_dtype, offsets_of, plan_buckets
 from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compression_code,
                            op_code, signature)
 from ..memory import backend_of_group
-from ..transport.comm import get_comm
+from ..transport.comm import detects_failures, get_comm
 from .calls import resolve_algorithm
 from .compress import Codec, check_residuals, reduce_compressed
 from .header import fail_everywhere, negotiate
@@ -71,6 +71,7 @@ def bucket_plan(mem, arrays, cap, seg):
     return plan
 
 
+@detects_failures
 def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=False,
                       fusion_threshold=None, segment_bytes=None, compression=None,
                       residuals=None):

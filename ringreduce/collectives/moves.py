@@ -19,7 +19,7 @@ from ..config import is_whole, segment_size
 from ..core.tables import DTYPE_CODE, check_dtype, check_op, op_code, signature
 from ..memory import backend_of
 from ..memory.buffers import copy_into
-from ..transport.comm import get_comm
+from ..transport.comm import detects_failures, get_comm
 from .calls import check_out
 from .header import fail_everywhere, negotiate
 
@@ -77,6 +77,7 @@ def _elems(seg, dtype):
     return max(1, seg // dtype.itemsize)
 
 
+@detects_failures
 def broadcast(x, root=0, *, comm=None, out=None, segment_bytes=None):
     """Every rank gets the ``root`` rank's ``x``. ``x`` gives the shape and dtype on every
     rank (they must agree); ``out``: ``None`` for a new array, ``x`` itself to overwrite x
@@ -119,6 +120,7 @@ def _stacked(p):
     return lambda shape: (p * shape[0],) + tuple(shape[1:]) if shape else (p,)
 
 
+@detects_failures
 def allgather(x, *, comm=None, out=None, segment_bytes=None):
     """Every rank's ``x``, concatenated along the first axis in rank order, on every rank
     (for a 0-d ``x``, a vector of p elements). Every rank passes the same shape and dtype.
@@ -139,6 +141,7 @@ def allgather(x, *, comm=None, out=None, segment_bytes=None):
     return m.finish(flat)
 
 
+@detects_failures
 def reduce_scatter(x, op="sum", *, comm=None, out=None, segment_bytes=None):
     """Reduce ``x`` over all ranks and give rank r the r-th of p equal blocks of the result
     along the first axis (whose length must divide by the rank count). ``op`` as for
@@ -173,6 +176,7 @@ def reduce_scatter(x, op="sum", *, comm=None, out=None, segment_bytes=None):
     return m.finish(flat)
 
 
+@detects_failures
 def barrier(comm=None):
     """Return once every rank of ``comm`` has called ``barrier`` (and raise on every rank if
     some rank called another collective instead)."""

@@ -1,5 +1,4 @@
 """``allreduce_async`` and ``init``: the caller's side of the engine."""
-from mpi4py import MPI
 
 from ..collectives.calls import check_out, output_buffer, resolve_algorithm
 from ..collectives.compress import Codec, check_residuals
@@ -7,12 +6,13 @@ from ..core.tables import check_compression
 from ..config import segment_size
 from ..memory import backend_of
 from ..transport import topology
-from ..transport.comm import get_comm
+from ..transport.comm import detects_failures, get_comm, world
 from .engine import ENGINE
 from .execute import Entry
 from .handle import Handle
 
 
+@detects_failures
 def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=None,
                     segment_bytes=None, compression=None, residual=None):
     """Start an allreduce in the background; returns a :class:`Handle`.
@@ -27,7 +27,7 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     shape, updated in place when the handle completes) as for ``grouped_allreduce``.
     """
     ENGINE.check_healthy()
-    ch = ENGINE.channel(MPI.COMM_WORLD if comm is None else comm)
+    ch = ENGINE.channel(world() if comm is None else comm)
     mem = backend_of(x)
     arr = mem.view(x)
     algorithm = resolve_algorithm(mem, op, algorithm)
@@ -62,13 +62,14 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     return e.handle
 
 
+@detects_failures
 def init(comm=None):
     """Collective set-up, as ``hvd.init()``: validate and compare the configuration, duplicate
     the communicator for the library, split its ranks into nodes (``rr.local_rank()``) and
     start the background engine. Optional for the collectives (the first call of each kind
     does the rest), but call it at start-up: then a rank that stalls before its first
     allreduce is reported by the stall inspector instead of waiting silently in the set-up."""
-    comm = MPI.COMM_WORLD if comm is None else comm
+    comm = world() if comm is None else comm
     get_comm(comm)
     topology.split(comm)  # for rr.local_rank() and rr.local_size()
     ENGINE.channel(comm)

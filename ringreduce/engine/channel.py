@@ -21,7 +21,8 @@ import threading
 
 from mpi4py import MPI
 
-from ..transport.comm import PoliteComm
+from ..errors import RankFailedError
+from ..transport.comm import PoliteComm, private_dup
 from ..transport.tags import TAG_REQUEST, TAG_RESPONSE
 from .coordinator import Coordinator
 from .execute import apply
@@ -32,7 +33,8 @@ class Channel:
 
     def __init__(self, engine, user_comm, cfg, now):
         self.engine = engine
-        self.ctrl = user_comm.Dup()
+        self.user = user_comm
+        self.ctrl = private_dup(user_comm)
         self.data = PoliteComm(user_comm)
         self.rank = self.ctrl.Get_rank()
         self.size = self.ctrl.Get_size()
@@ -45,6 +47,7 @@ class Channel:
         # the first device array was submitted (one GPU per rank: the data-parallel norm).
         self.device = None
         self.coordinator = None
+        self.failed = None  # the RankFailedError that broke this channel (see fail)
         if self.rank == 0:
             self.coordinator = Coordinator(
                 self.size, cycle_time_s=cfg.cycle_time_ms / 1e3,
@@ -76,6 +79,8 @@ class Channel:
                              f"ones with GPU {self.device}")
 
     def submit(self, entry):
+        if self.failed is not None:  # a fresh error each time: a traceback of its own
+            raise RankFailedError(str(self.failed), self.failed.failed)
         with self.lock:
             if entry.name in self.pending or any(e.name == entry.name for e in self.submitted):
                 raise ValueError(f"an allreduce named {entry.name!r} is already in flight on "
@@ -86,12 +91,16 @@ class Channel:
     # -- engine thread -------------------------------------------------------------------
     def waiting(self):
         """Whether anything of this channel is in flight (then the engine polls)."""
+        if self.failed is not None:
+            return False
         return bool(self.pending or self.submitted
                     or (self.coordinator is not None and self.coordinator.has_work()))
 
     def progress(self, now):
         """One pass: send new submissions, run the coordinator (rank 0), apply responses.
         Returns whether anything happened."""
+        if self.failed is not None:
+            return False
         busy = False
         new, stamps = [], []
         with self.lock:
@@ -143,3 +152,11 @@ class Channel:
         """Complete every handle in flight with ``error`` (the engine failed)."""
         for e in list(self.pending.values()) + list(self.submitted):
             e.handle.complete(error)
+
+    def fail(self, error):
+        """A rank of this channel is gone (``error``, a RankFailedError): every handle in
+        flight gets it, every later submission raises it, and the channel does nothing more.
+        Safe from any thread: it only reads the tables (snapshots) and completes handles."""
+        if self.failed is None:
+            self.failed = error
+        self.fail_all(self.failed)

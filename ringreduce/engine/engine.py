@@ -9,7 +9,8 @@ import time
 from mpi4py import MPI
 
 from ..config import get_config
-from ..errors import RingReduceError
+from ..errors import RankFailedError, RingReduceError
+from ..transport.comm import rank_failed
 from . import abort
 from .channel import Channel
 from .timeline import Timeline
@@ -74,7 +75,7 @@ class Engine:
                 with self.lock:
                     channels = list(self.channels.values())
                 for ch in channels:
-                    busy |= ch.progress(now)
+                    busy |= _progress(ch, now)
                 if self.abort_at is not None and now > self.abort_at:
                     sys.stderr.write("ringreduce: stall shutdown: ending the job\n")
                     abort.abort(1)
@@ -91,6 +92,19 @@ class Engine:
                 ch.fail_all(RingReduceError(f"the ringreduce engine failed: {exc!r}"))
             raise
 
+    def reset(self):
+        """Forget every channel: after a lost rank their communicators are broken
+        (``ringreduce.elastic`` calls this with ``transport.comm.reset``). Handles still in
+        flight complete with RankFailedError; the thread goes on, and the next
+        ``allreduce_async`` or ``init`` makes a channel on the new world. Local."""
+        with self.lock:
+            old, self.channels = list(self.channels.values()), {}
+        for ch in old:
+            ch.fail(ch.failed or RankFailedError(
+                "allreduce_async: the engine was reset onto a new world (a rank was lost) "
+                "while this allreduce was in flight; submit it again"))
+        self.abort_at = None
+
     def stop(self):
         self.running = False
         self.wakeup.set()
@@ -98,6 +112,20 @@ class Engine:
             self.thread.join(timeout=10)
         if self.timeline is not None:
             self.timeline.close()
+
+
+def _progress(ch, now):
+    """``ch.progress(now)``; a lost rank (ULFM) fails that channel instead of the engine."""
+    try:
+        return ch.progress(now)
+    except RankFailedError as exc:
+        ch.fail(exc)
+    except MPI.Exception as exc:
+        lost = rank_failed(exc, "allreduce_async", ch.user)
+        if lost is None:
+            raise
+        ch.fail(lost)
+    return True
 
 
 ENGINE = Engine()

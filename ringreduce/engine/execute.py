@@ -10,6 +10,7 @@ import time
 from ..collectives.grouped import bucket_plan, reduce_bucket
 from ..config import get_config
 from ..errors import MismatchError, RingReduceError, StallError
+from ..transport.comm import rank_failed
 
 _T0_MONO = time.monotonic()
 _T0_PC = time.perf_counter()
@@ -71,8 +72,11 @@ def _reduce(ch, mem, bucket, dtype, reduce, scale, algorithm, seg, tl, queued):
             e.finish()
         mem.sync()  # the result is complete before anyone can wait on it
     except Exception as exc:  # noqa: BLE001 - delivered to every waiting handle
+        lost = rank_failed(exc, "allreduce_async", ch.user)
         for e in bucket:
-            e.handle.complete(RingReduceError(f"allreduce of {e.name!r} failed: {exc!r}"))
+            e.handle.complete(lost or RingReduceError(f"allreduce of {e.name!r} failed: {exc!r}"))
+        if lost is not None:
+            raise lost  # the channel is broken: the engine fails it (engine.py)
         return
     for e in bucket:
         e.handle.complete()

@@ -13,9 +13,10 @@ from mpi4py import MPI
 from ..collectives.grouped import grouped_allreduce
 from ..config import is_whole
 from ..core.fusion import assign_buckets
+from ..core.tables import check_compression
 from ..engine.api import allreduce_async
 from ..errors import agree
-from ..transport.comm import control_comm
+from ..transport.comm import control_comm, detects_failures
 
 __all__ = ["broadcast_parameters", "GradSync"]
 
@@ -24,6 +25,7 @@ def _describe(a):
     return f"{a.dtype}{tuple(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
 
 
+@detects_failures
 def broadcast_parameters(arrays, root=0, comm=None):
     """Overwrite ``arrays`` on every rank with the root's values, in place.
 
@@ -184,10 +186,13 @@ class GradSync:
     engine's negotiation or the header, with an error on every rank).
     """
 
+    @detects_failures
     def __init__(self, params, *, bucket_cap_bytes=25 * 2**20, comm=None, overlap=True,
                  algorithm="auto", compression=None, error_feedback=False):
         self.params = list(params)
         _check_same_layout(self.params, bucket_cap_bytes, comm)  # collective
+        for p in self.params:
+            check_compression(compression, p.dtype, "sum")  # float32 only: say so now
         if error_feedback and compression is None:
             raise ValueError("GradSync: error_feedback=True needs a compression ('bf16' or "
                              "'fp16'), got compression=None")

@@ -4,12 +4,23 @@ Each user communicator gets one private duplicate (``Dup``), made on first use a
 the life of the process, so the library's messages can never match a receive of the user's
 (mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``), so every numpy dtype,
 float16 and complex included, moves the same way without an MPI datatype per dtype.
+
+*World*: the communicator that ``comm=None`` means, everywhere in the library (collectives,
+the engine, ``rr.rank()`` and ``rr.size()``): ``MPI.COMM_WORLD`` until :func:`reset` names
+another, as ``ringreduce.elastic`` does with the survivors' communicator after a rank died.
+
+Lost ranks (``fault.py``): every communicator the library makes is registered here, so that
+a collective that meets a dead rank (:func:`detects_failures`) can revoke all of them that
+hold it, and ranks blocked in another of them wake up too; :func:`reset` forgets them all.
 """
+import functools
+import inspect
 import time
 
 from mpi4py import MPI
 
 from ..config import check_agreement
+from . import fault
 
 
 class CommState:
@@ -36,7 +47,7 @@ class Comm:
     def __init__(self, mpi_comm):
         self.user = mpi_comm
         self.group = mpi_comm.Get_group()
-        self.mpi = mpi_comm.Dup()
+        self.mpi = private_dup(mpi_comm)
         self.rank = self.mpi.Get_rank()
         self.size = self.mpi.Get_size()
         self.left = (self.rank - 1) % self.size
@@ -97,6 +108,105 @@ class PoliteComm(Comm):
 
 
 _dups = {}  # (user communicator handle, purpose) -> (user comm, its group, duplicate)
+_made = []  # every mpi4py communicator the library made and has not forgotten (for revoking)
+_world = MPI.COMM_WORLD  # what comm=None means; see world() and reset()
+# Called by reset(): layers that keep state of their own per communicator (the node split,
+# shared-memory windows) register here how to forget it.
+on_reset = []
+
+
+def world():
+    """The communicator that ``comm=None`` means: ``MPI.COMM_WORLD`` unless :func:`reset`
+    named another."""
+    return _world
+
+
+def register(mpi_comm):
+    """Note a communicator the library made (a duplicate, a split), so that a lost rank in it
+    revokes it; returns it. In ULFM mode it returns errors (``MPI.ERRORS_RETURN``, which
+    mpi4py raises as exceptions) whatever the communicator it came from does."""
+    if fault.ENABLED:
+        mpi_comm.Set_errhandler(MPI.ERRORS_RETURN)
+    _made[:] = [c for c in _made if c != MPI.COMM_NULL]  # freed since (Levels.free, shm)
+    _made.append(mpi_comm)
+    return mpi_comm
+
+
+def private_dup(mpi_comm):
+    """A registered duplicate of ``mpi_comm`` (collective)."""
+    return register(mpi_comm.Dup())
+
+
+def revoke_holding(failed):
+    """Revoke every communicator the library made, and every user communicator it serves,
+    that holds a member of ``failed`` (an MPI group): ranks waiting in any of them, on any
+    rank, get ``MPI_ERR_REVOKED`` instead of waiting for ever. Local, never raises."""
+    if not failed.Get_size():
+        return
+    users = [entry[0] for entry in list(_dups.values())]
+    for c in list(_made) + users:
+        try:
+            if c != MPI.COMM_NULL and not c.Is_revoked() and fault.ranks_in(failed, c):
+                c.Revoke()
+        except MPI.Exception:
+            pass  # freed or broken already: nothing left to wake
+
+
+def rank_failed(exc, what, user_comm=None):
+    """The :class:`~ringreduce.errors.RankFailedError` that MPI error ``exc``, met in the
+    collective ``what`` on ``user_comm`` (None: the world), stands for, after revoking the
+    communicators that hold the failed ranks; None if ``exc`` is not a process failure."""
+    kind = fault.failure_class(exc)
+    if kind is None:
+        return None
+    comm = user_comm if isinstance(user_comm, MPI.Comm) else _world
+    if isinstance(user_comm, Comm):
+        comm = user_comm.user
+    failed = fault.failed_group(comm)
+    revoke_holding(failed)
+    return fault.rank_failed_error(what, kind, fault.ranks_in(failed, comm), comm)
+
+
+def detects_failures(fn):
+    """Decorate a public collective: under ULFM, an MPI error saying a rank is gone, raised
+    anywhere inside the call (the header pass, an algorithm, a duplicate being made), leaves
+    it as :class:`~ringreduce.errors.RankFailedError` naming the failed ranks of the call's
+    ``comm``. One try block per call, so the success path costs nothing per message. Without
+    ULFM (``fault.ENABLED`` false) ``fn`` itself is returned: nothing changes."""
+    if not fault.ENABLED:
+        return fn
+    signature = inspect.signature(fn)
+    what = fn.__qualname__.replace(".__init__", "")  # GradSync.__init__ -> GradSync
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MPI.Exception as exc:
+            try:
+                comm = signature.bind(*args, **kwargs).arguments.get("comm")
+            except TypeError:
+                comm = None
+            error = rank_failed(exc, what, comm)
+            if error is None:
+                raise
+            raise error from exc
+    return call
+
+
+def reset(new_world=None):
+    """Start afresh on ``new_world`` (default ``MPI.COMM_WORLD``), the communicator that
+    ``comm=None`` means from now on: forget every private duplicate and what the layers
+    above kept per communicator (``on_reset``), so the next call of each kind makes new ones
+    (collectively, as at start-up). Local. Nothing old is freed: freeing is collective, and
+    the old communicators may hold a dead rank. ``ringreduce.elastic`` calls it after
+    shrinking the world; the background engine has its own ``ENGINE.reset``."""
+    global _world
+    _dups.clear()
+    _made.clear()
+    _world = MPI.COMM_WORLD if new_world is None else new_world
+    for forget in on_reset:
+        forget()
 
 
 def _private(comm, purpose, make):
@@ -123,12 +233,12 @@ def _new_comm(comm):
 
 
 def get_comm(comm=None):
-    """The library's private :class:`Comm` for a user communicator (default COMM_WORLD).
+    """The library's private :class:`Comm` for a user communicator (default: the world).
 
     The first call on a communicator is collective (it duplicates it), as is every allreduce.
     """
     if comm is None:
-        comm = MPI.COMM_WORLD
+        comm = _world
     if isinstance(comm, Comm):
         return comm
     cached = _dups.get((comm.handle, "collectives"))
@@ -141,4 +251,4 @@ def control_comm(comm=None):
     """A second private duplicate of ``comm`` (an mpi4py communicator), for a layer's own
     small collectives such as ``broadcast_parameters``: they can then never match messages
     of an allreduce that the background engine drives on the same user communicator."""
-    return _private(MPI.COMM_WORLD if comm is None else comm, "control", lambda c: c.Dup())
+    return _private(_world if comm is None else comm, "control", private_dup)

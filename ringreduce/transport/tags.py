@@ -8,3 +8,4 @@ TAG_FOLD = 13      # folding onto a power of two, and the header pass
 TAG_BCAST = 14     # broadcast segments
 TAG_REQUEST = 21   # engine: a rank's submitted tensors, to the coordinator
 TAG_RESPONSE = 22  # engine: the coordinator's response, to every rank
+TAG_WATCH = 31     # never sent: shm's wait probes it only to learn of a lost rank (ULFM)

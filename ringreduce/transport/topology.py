@@ -18,7 +18,8 @@ consecutive ranks (launchers that place ranks round-robin give nodes like {0, 2}
 from mpi4py import MPI
 
 from ..config import get_config
-from .comm import Comm, get_comm
+from . import comm as _comm
+from .comm import Comm, get_comm, register
 
 
 class Levels:
@@ -60,8 +61,8 @@ def split_nodes(comm, local_size):
     if not isinstance(local_size, int) or local_size < 0:
         raise ValueError(f"local_size must be a whole number >= 0, got {local_size!r}")
     if local_size:
-        return comm.mpi.Split(comm.rank // local_size, comm.rank)
-    return comm.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+        return register(comm.mpi.Split(comm.rank // local_size, comm.rank))
+    return register(comm.mpi.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank))
 
 
 def levels(comm, local_size=None, node=None):
@@ -87,6 +88,7 @@ def levels(comm, local_size=None, node=None):
 
 
 _nodes = {}  # user communicator handle -> its hierarchical Levels
+_comm.on_reset.append(_nodes.clear)  # after a reset, rr.init() splits the new world again
 
 
 def split(comm):
@@ -95,16 +97,17 @@ def split(comm):
 
 
 def _user(comm):
-    return MPI.COMM_WORLD if comm is None else comm
+    return _comm.world() if comm is None else comm
 
 
 def rank(comm=None):
-    """This process's rank in ``comm`` (default COMM_WORLD)."""
+    """This process's rank in ``comm`` (default: the world, ``MPI.COMM_WORLD`` until
+    ``ringreduce.elastic`` shrinks it onto the survivors of a lost rank)."""
     return _user(comm).Get_rank()
 
 
 def size(comm=None):
-    """The number of ranks in ``comm`` (default COMM_WORLD)."""
+    """The number of ranks in ``comm`` (default: the world, as for :func:`rank`)."""
     return _user(comm).Get_size()
 
 
