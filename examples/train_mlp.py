@@ -20,6 +20,8 @@ Other runs:
   mpiexec -n 3 python examples/train_mlp.py --mode ps --servers 1    # 2 workers, 1 server
   mpiexec -n 3 python examples/train_mlp.py --mode ps --staleness 2  # asynchronous, SSP
   mpiexec -n 3 python examples/train_mlp.py --mode pipeline --hidden 128,64 --micro-batches 4
+  mpirun --with-ft ulfm --mca pml ob1 --mca btl tcp,self -n 3 \\
+      python examples/train_mlp.py --elastic   # Open MPI: goes on when a rank dies
 
 --mode ps (ringreduce/modes/ps.py): the last --servers ranks own shards of the parameters and run the
 optimizer; the other ranks compute gradients, push them and pull the parameters every step.
@@ -128,6 +130,12 @@ def parse_args(argv):
     a.add_argument("--memory-budget-mb", type=float, metavar="MIB",
                    help="refuse to start when a rank's parameters, gradients, optimizer state "
                         "and activations would exceed MIB (an estimate, made before allocating)")
+    e = p.add_argument_group("elastic (examples/elastic_mlp.py; Open MPI with ULFM)")
+    e.add_argument("--elastic", action="store_true",
+                   help="data parallel that goes on with the surviving ranks when one dies "
+                        "(ringreduce.elastic), its state committed in memory")
+    e.add_argument("--commit-every", type=int, default=10, metavar="STEPS",
+                   help="--elastic: commit the state every STEPS steps (and at epoch ends)")
     x = p.add_argument_group("checks (used by the tests)")
     x.add_argument("--check-sync", action="store_true",
                    help="after every step, check that every rank holds identical parameters "
@@ -326,6 +334,9 @@ def main(argv=None):
     x_train, x_test = x_train.astype(dtype), x_test.astype(dtype)
     classes = int(max(y_train.max(), y_test.max())) + 1
     sizes = [x_train.shape[1], *args.hidden, classes]
+    if args.elastic:
+        from elastic_mlp import train_elastic
+        return train_elastic(args, sizes, dtype, x_train, y_train, x_test, y_test, data_name)
     if args.mode != "dp":
         return train_ps_or_pipeline(args, sizes, dtype, x_train, y_train, x_test, y_test,
                                     data_name)
