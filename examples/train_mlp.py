@@ -17,6 +17,8 @@ Other runs:
       --hidden 1024,1024 --batch-size 1024 --epochs 1 --metrics-out m.json
   mpiexec -n 2 python examples/train_mlp.py --checkpoint-dir ckpt --max-steps 100
   mpiexec -n 2 python examples/train_mlp.py --checkpoint-dir ckpt --resume   # goes on
+  ringreduce-run --max-restarts 2 -np 2 python examples/train_mlp.py --checkpoint-dir ckpt \\
+      --checkpoint-every 20 --resume auto      # a failed job starts again from its checkpoint
   mpiexec -n 3 python examples/train_mlp.py --mode ps --servers 1    # 2 workers, 1 server
   mpiexec -n 3 python examples/train_mlp.py --mode ps --staleness 2  # asynchronous, SSP
   mpiexec -n 3 python examples/train_mlp.py --mode pipeline --hidden 128,64 --micro-batches 4
@@ -49,6 +51,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -104,6 +107,10 @@ def parse_args(argv):
     c.add_argument("--no-overlap", action="store_true",
                    help="start every bucket's allreduce after backward instead of during it")
     c.add_argument("--algorithm", default="auto", help="allreduce algorithm")
+    c.add_argument("--compression", choices=("bf16", "fp16"),
+                   help="send float32 gradients as 16-bit values (needs --dtype float32)")
+    c.add_argument("--error-feedback", action="store_true",
+                   help="with --compression: carry each step's rounding into the next")
     o = p.add_argument_group("output")
     o.add_argument("--metrics-out", metavar="FILE.json")
     o.add_argument("--save-params", metavar="FILE.npz",
@@ -111,7 +118,10 @@ def parse_args(argv):
     o.add_argument("--checkpoint-dir", metavar="DIR", help="write DIR/ckpt.npz")
     o.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS steps (always: each epoch end, the stop)")
-    o.add_argument("--resume", action="store_true", help="go on from DIR/ckpt.npz")
+    o.add_argument("--resume", nargs="?", const=True, metavar="auto",
+                   help="go on from DIR/ckpt.npz; '--resume auto': from it if it exists (else "
+                        "from the start), also at another rank count (for ringreduce-run "
+                        "--max-restarts)")
     o.add_argument("--plot", metavar="FILE.png", help="loss and accuracy curves (matplotlib)")
     o.add_argument("--no-progress", action="store_true", help="print nothing on rank 0 either")
     a = p.add_argument_group("architecture (docs/architectures.md)")
@@ -148,8 +158,22 @@ def parse_args(argv):
         p.error(msg)  # exits with status 2, the same on every rank
     if args.data and args.synthetic:
         bad("--data and --synthetic exclude each other")
+    if args.resume not in (None, True, "auto"):
+        bad(f"--resume takes nothing or 'auto', got {args.resume!r}")
     if args.resume and not args.checkpoint_dir:
         bad("--resume needs --checkpoint-dir")
+    # Test-only: TRAIN_MLP_DIE_AT=STEP:RANK makes that rank SIGKILL itself before that
+    # (0-based) step, in the first start of a job only (RINGREDUCE_RESTART_COUNT unset or 0, as
+    # ringreduce-run sets it), so that a restarted job goes past it. For the restart tests.
+    args.die_at = None
+    if os.environ.get("TRAIN_MLP_DIE_AT") and os.environ.get("RINGREDUCE_RESTART_COUNT",
+                                                             "0") == "0":
+        try:
+            args.die_at = tuple(int(v) for v in os.environ["TRAIN_MLP_DIE_AT"].split(":"))
+        except ValueError:
+            args.die_at = ()
+        if len(args.die_at) != 2:
+            bad(f"TRAIN_MLP_DIE_AT takes STEP:RANK, got {os.environ['TRAIN_MLP_DIE_AT']!r}")
     for name in ("epochs", "batch_size", "grad_accum"):
         if getattr(args, name) < 1:
             bad(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -179,6 +203,7 @@ def parse_args(argv):
     if args.mode != "dp":
         dp_only = [flag for flag, given in (
             ("--checkpoint-dir", args.checkpoint_dir), ("--resume", args.resume),
+            ("TRAIN_MLP_DIE_AT", args.die_at),
             ("--check-sync", args.check_sync), ("--inject-nonfinite", args.inject_nonfinite),
             ("--grad-accum", args.grad_accum > 1), ("--plot", args.plot),
             ("a '{rank}' in --save-params", "{rank}" in (args.save_params or ""))) if given]
@@ -351,7 +376,8 @@ def main(argv=None):
     # with different seeds; it is the cheap guarantee that every rank starts from rank 0.
     broadcast_parameters(params, root=0)
     sync = GradSync(params, bucket_cap_bytes=max(1, int(args.bucket_mb * 2**20)),
-                    overlap=not args.no_overlap, algorithm=args.algorithm)
+                    overlap=not args.no_overlap, algorithm=args.algorithm,
+                    compression=args.compression, error_feedback=args.error_feedback)
     if sync.overlap:
         rr.init()  # starts the allreduce engine now, so a rank that never gets here is reported
     grads = sync.grads  # views into the bucket buffers: backward writes where allreduce reads
@@ -380,7 +406,11 @@ def main(argv=None):
     accuracy_curve = []      # test accuracy after every epoch
     skipped_steps = []       # steps whose update was skipped for a non-finite gradient
     ckpt_path = os.path.join(args.checkpoint_dir, "ckpt.npz") if args.checkpoint_dir else None
-    if ckpt_path and master and not args.resume:
+    # --resume auto: rank 0 looks for the checkpoint and tells the others, so that every rank
+    # decides alike even where a network file system shows them the file late.
+    resuming = args.resume is True or (args.resume == "auto" and comm.bcast(
+        os.path.exists(ckpt_path) if master else None, root=0))
+    if ckpt_path and master and not resuming:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
     run_identity = {"world_size": world, "seed": args.seed, "batch_size": args.batch_size,
                     "num_train": len(x_train), "drop_last": int(args.drop_last)}
@@ -395,10 +425,14 @@ def main(argv=None):
                      skipped_steps=np.array(skipped_steps, dtype=np.int64))
         return state
 
-    if args.resume:
+    if resuming:
         like = {k: (None if k in ("loss_curve", "accuracy_curve", "skipped_steps") else v)
                 for k, v in checkpoint_state().items()}
-        saved = load_checkpoint(ckpt_path, like=like, match=run_identity)
+        # A restart may have fewer ranks (ringreduce-run --min-np): the global batches do not
+        # depend on the rank count, so only the order of the gradient sums changes.
+        match = {k: v for k, v in run_identity.items()
+                 if args.resume is True or k != "world_size"}
+        saved = load_checkpoint(ckpt_path, like=like, match=match)
         for i, p in enumerate(params):
             p[...] = saved[f"param.{i}"]
         opt.load_state_dict({k[len("optim."):]: v for k, v in saved.items()
@@ -415,7 +449,9 @@ def main(argv=None):
               f"{model.sizes} {dtype}, {world} rank(s), global batch {args.batch_size}, "
               f"{steps_per_epoch} steps/epoch, {sync.num_buckets} bucket(s), "
               f"overlap {'on' if sync.overlap else 'off'}"
-              + (f", resuming at epoch {epoch} step {start_step}" if args.resume else ""),
+              + (f", resuming at epoch {epoch} step {start_step}" if resuming else "")
+              + (f" (checkpoint written at {int(saved['world_size'])} rank(s))"
+                 if resuming and int(saved["world_size"]) != world else ""),
               flush=True)
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -481,10 +517,15 @@ def main(argv=None):
     timed_seconds = 0.0
     param_digests = []  # --check-sync: sha256 of all parameters after each step of this run
     first_step_of_run = True
+    first_step_done, run_start_step = None, global_step
     run_start = time.perf_counter()
     stop = global_step >= total_steps
     while not stop and epoch < args.epochs:
         for step, idx, batch_size in sampler.batches(epoch, start_step):
+            if args.die_at == (global_step, rank):
+                print(f"rank {rank}: TRAIN_MLP_DIE_AT: SIGKILL before step {global_step} at "
+                      f"unix time {time.time():.3f}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
             t0 = time.perf_counter()
             on_ready = sync.mark_ready
             if args.inject and args.inject[0] == global_step and args.inject[1] == rank:
@@ -527,6 +568,7 @@ def main(argv=None):
             start_step = step + 1
             if first_step_of_run:
                 first_step_of_run = False  # compiles the Numba kernels: not timed
+                first_step_done = time.time()  # wall clock: compared with another run's
             else:
                 wait = sync.last_wait_seconds
                 times["compute"] += t1 - t0
@@ -586,7 +628,8 @@ def main(argv=None):
             "overlap": sync.overlap, "bucket_mb": args.bucket_mb,
             "num_buckets": sync.num_buckets, "skipped_steps": skipped_steps,
             "sync_checks": len(param_digests), "param_digests": param_digests,
-            "wall_seconds": wall,
+            "wall_seconds": wall, "start_step": run_start_step,
+            "first_step_done_unix": first_step_done,
         }
         with open(args.metrics_out, "w") as fh:
             json.dump(metrics, fh, indent=1)
