@@ -7,13 +7,24 @@ Two implementations exist for each case, a Numba ``@njit(nogil=True)`` loop and 
 ufunc with ``out=dst``. Both release the GIL. Which one serves a case is decided by
 ``benchmarks/kernels_cpu.py`` on the development machine (2-core x86-64, numpy 2.4, numba
 0.68); the figures behind each choice are in ``docs/benchmarks.md`` ("CPU reduction kernels").
-Numba cannot compile float16 arithmetic on the CPU, so float16 always uses numpy.
+
+bfloat16 (``ml_dtypes.bfloat16``) and float16 have Numba kernels of their own in ``half.py``
+(Numba cannot compile either type's arithmetic on the CPU, so they work on the uint16 bits and
+compute in float32), as do the gradient codecs :func:`compress_kernel` and
+:func:`decompress_kernel` re-exported here. numpy's ufuncs (ml_dtypes' for bfloat16) remain
+as ``impl="numpy"``.
 
 NaN handling follows numpy's ``minimum``/``maximum``: a NaN in either operand wins, so a NaN
 on any rank shows in the result (MPI leaves this unspecified).
 """
 import numpy as np
 from numba import njit
+
+from .half import (FORMATS, compress_kernel, decompress_kernel, half_reduce_kernel,
+                   half_scale_kernel)
+
+__all__ = ["OPS", "NUMPY_FASTER", "compress_kernel", "decompress_kernel", "np_kernel",
+           "reduce_kernel", "scale_kernel"]
 
 OPS = ("sum", "min", "max", "prod")
 
@@ -84,15 +95,20 @@ def reduce_kernel(op, dtype, impl=None):
     dtype = np.dtype(dtype)
     if op not in _NUMBA:
         raise ValueError(f"unknown reduction op {op!r}; expected one of {', '.join(OPS)}")
-    if impl is None:
-        impl = "numpy" if dtype == np.float16 or (op, dtype.char) in NUMPY_FASTER else "numba"
+    impl = _impl(impl, (op, dtype.char) in NUMPY_FASTER)
     if impl == "numpy":
         return _NP[op]
-    if impl != "numba":
-        raise ValueError(f"unknown kernel implementation {impl!r}; expected 'numba' or 'numpy'")
-    if dtype == np.float16:
-        raise TypeError("Numba has no float16 arithmetic on the CPU; use impl='numpy'")
+    if dtype in FORMATS:
+        return half_reduce_kernel(op, dtype)
     return _NUMBA[op]
+
+
+def _impl(impl, numpy_faster):
+    if impl is None:
+        return "numpy" if numpy_faster else "numba"
+    if impl not in ("numba", "numpy"):
+        raise ValueError(f"unknown kernel implementation {impl!r}; expected 'numba' or 'numpy'")
+    return impl
 
 
 def _np_scale(dst, divisor):
@@ -102,6 +118,6 @@ def _np_scale(dst, divisor):
 def scale_kernel(dtype, impl=None):
     """The ``(dst, divisor)`` kernel behind op="avg": ``dst /= divisor`` in dst's dtype."""
     dtype = np.dtype(dtype)
-    if impl is None:
-        impl = "numpy" if dtype == np.float16 else "numba"
-    return _np_scale if impl == "numpy" else nb_scale
+    if _impl(impl, False) == "numpy":
+        return _np_scale
+    return half_scale_kernel(dtype) if dtype in FORMATS else nb_scale

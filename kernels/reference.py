@@ -2,12 +2,17 @@
 against (the tests, and ``benchmarks/gpu.py`` on a real GPU).
 
 - :func:`reduce`: ``a op b`` rounded once to a's dtype.
+- :func:`half`, :func:`half_scale`, :func:`compress`, :func:`decompress`: what the
+  half-precision kernels (bfloat16, float16) compute, written with numpy and ml_dtypes casts:
+  widen to float32, compute there, round once; the kernels must give these bits exactly.
 - :func:`sgd`, :func:`adam`: ``torch.optim.SGD`` (dampening 0) and ``torch.optim.Adam``
   (amsgrad off) applied step by step, in float64, with the kernels' optional ``grad_scale``
   multiplying each gradient first.
 """
+import ml_dtypes
 import numpy as np
 
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 
 
@@ -16,9 +21,36 @@ def reduce(op, a, b):
     operation equals the float64 result rounded once, so a kernel must match it exactly), in
     the integers' own dtype otherwise (exact, wrapping as the kernels do)."""
     ufunc = _UFUNCS[op]
-    if a.dtype.kind == "f":
+    if a.dtype.kind == "f" or a.dtype == BFLOAT16:
         return ufunc(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
     return ufunc(a, b)
+
+
+def half(op, a, b):
+    """``(a.astype(float32) op b.astype(float32)).astype(a.dtype)`` for bfloat16 or float16
+    ``a`` and ``b``: numpy's and ml_dtypes' own casts around one float32 operation."""
+    with np.errstate(all="ignore"):
+        wide = _UFUNCS[op](a.astype(np.float32), b.astype(np.float32))
+        return wide.astype(a.dtype)
+
+
+def half_scale(a, divisor):
+    """op="avg"'s division of a half-precision ``a``, in float32, rounded once."""
+    with np.errstate(all="ignore"):
+        return (a.astype(np.float32) / np.float32(divisor)).astype(a.dtype)
+
+
+def compress(x, dtype, scale=1.0):
+    """float32 ``x`` times ``scale`` (a NaN left as it is), cast to ``dtype``."""
+    with np.errstate(all="ignore"):
+        return np.where(np.isnan(x), x, x * np.float32(scale)).astype(dtype)
+
+
+def decompress(h, scale=1.0):
+    """Half-precision ``h`` cast to float32, times ``scale`` (a NaN left as it is)."""
+    wide = h.astype(np.float32)
+    with np.errstate(all="ignore"):
+        return np.where(np.isnan(wide), wide, wide * np.float32(scale))
 
 
 def sgd(param, grads, lr, momentum=0.0, weight_decay=0.0, nesterov=False, grad_scale=1.0):

@@ -1,0 +1,402 @@
+"""Half-precision kernels on the CPU: bfloat16 and float16 held as 16-bit integers.
+
+Numba has no bfloat16 at all and no float16 arithmetic on the CPU, so these kernels see the
+data as ``uint16`` bits (``arr.view(np.uint16)``), widen each value to float32 with bit
+operations, compute in float32 and round back once to nearest-even:
+
+- bf16 -> float32: ``bits << 16`` (exact). float32 -> bf16: ``(u + 0x7FFF + ((u >> 16) & 1))
+  >> 16``, the rounding-bias trick; a NaN becomes ``sign | 0x7FC0``, as ml_dtypes makes it.
+- fp16 -> float32: the full IEEE decode (the exponent rebiased by 112; subnormals
+  renormalised by one float32 subtraction; inf and NaN keep their payload, as numpy's cast).
+  float32 -> fp16: round-to-nearest-even by the same bias trick at bit 13, 65520 and above
+  overflowing to inf, subnormals rounded by one float32 addition of 0.5 (whose ulp is fp16's
+  smallest subnormal); a NaN keeps its top 10 payload bits (a zero payload becomes 1), as
+  numpy's cast does.
+
+Every kernel gives the bits numpy/ml_dtypes give for ``(a.astype(float32) op
+b.astype(float32)).astype(dtype)``, checked over all 65536 patterns of one operand
+(``tests/unit/test_half_kernels.py``). Where the float32 result is a NaN its bits are chosen,
+not left to the hardware: an operand's NaN (quietened by sum and prod, as x86 does; passed on
+unchanged by min and max, as numpy's ``minimum``/``maximum`` do), dst's before src's, else
+x86's default NaN ``0xFFC00000`` (inf - inf, 0 * inf). So a CUDA GPU, whose default NaN is
+``0x7FFFFFFF`` and whose operand order is the compiler's, gives the same bits (the twins in
+``cuda_reduce.py`` compile these element functions). min and max follow numpy: dst wins when
+``dst < src`` (``>`` for max) or dst is NaN, else src (so min(+0, -0) is -0, as in numpy).
+
+The element functions are written once, as plain Python, and compiled by
+:func:`element_functions` for a target: ``njit`` here, ``cuda.jit(device=True)`` in the
+CUDA modules. They stay in this file, beside the cached kernels that inline them, because
+Numba's ``cache=True`` checks only the cached function's own file.
+
+Compression (:func:`compress_kernel`, :func:`decompress_kernel`) moves float32 gradients to
+16 bits and back, with an optional power-of-two ``scale``: compress stores
+``round(src * scale)``, decompress ``dst = widen(src) * scale``, so a caller compresses with
+``s`` and decompresses with ``1 / s``. fp16's largest finite value is 65504 and its smallest
+normal 2**-14, so a gradient (or the sum of p of them) can overflow to inf or sink into the
+subnormals; a caller that knows the largest magnitude ``amax`` over the ranks picks
+``s = 2**floor(log2(65504 / (p * amax)))``. A power of two scales exactly in float32 (no
+rounding of its own, short of float32's own range), so compress rounds once, as unscaled,
+and decompress is exact; any other factor is refused. bf16 has float32's exponent range and
+needs no scaling (``scale`` is accepted for symmetry). NaN passes both unchanged, as a cast.
+"""
+import math
+
+import ml_dtypes
+import numpy as np
+from numba import njit
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+FLOAT16 = np.dtype(np.float16)
+# The wire dtype's name in the element tables.
+FORMATS = {BFLOAT16: "bf16", FLOAT16: "fp16"}
+BITS = np.dtype(np.uint16)
+
+_U = np.uint32
+_F = np.float32
+_ABS = _U(0x7FFFFFFF)
+_EXP = _U(0x7F800000)
+_QUIET = _U(0x00400000)      # float32's quiet bit, set by x86 on a NaN operand of + and *
+_NO_QUIET = _U(0)
+_DEFAULT_NAN = _U(0xFFC00000)  # what x86 makes of inf - inf and 0 * inf
+_ONE = _U(1)
+_SHIFT13 = _U(13)
+_SHIFT16 = _U(16)
+_SIGN16 = _U(0x8000)
+_BF16_NAN = _U(0x7FC0)
+_BF16_BIAS = _U(0x7FFF)
+_FP16_INF = _U(0x7C00)
+_FP16_PAYLOAD = _U(0x3FF)
+_FP16_LOW = _U(0x7FFF)
+_FP16_EXP = _U(0x0F800000)   # fp16's exponent field, shifted into float32's place
+_FP16_REBIAS = _U(112 << 23)  # float32's exponent bias 127 less fp16's 15
+_FP16_SUBNORMAL = _U(1 << 23)
+_FP16_MIN_NORMAL = _F(2.0 ** -14)
+_FP16_MIN_NORMAL_BITS = _U(0x38800000)
+_FP16_OVERFLOW_BITS = _U(0x47800000)  # 65536.0: this and above is inf without rounding
+_FP16_ROUND = _U(0xFFF)
+_HALF = _F(0.5)
+_HALF_BITS = _U(0x3F000000)
+
+
+# ---------------------------------------------------------------------------------------
+# Element functions: plain Python, compiled per target by element_functions().
+
+def bf16_to_f32(h):
+    """bf16 bits -> float32 (exact)."""
+    return _U(_U(h) << _SHIFT16).view(np.float32)
+
+
+def f32_to_bf16(u):
+    """float32 bits -> bf16 bits, round to nearest even; NaN -> sign | 0x7FC0."""
+    if (u & _ABS) > _EXP:
+        return np.uint16(((u >> _SHIFT16) & _SIGN16) | _BF16_NAN)
+    return np.uint16(_U(u + _BF16_BIAS + ((u >> _SHIFT16) & _ONE)) >> _SHIFT16)
+
+
+def fp16_to_f32(h):
+    """fp16 bits -> float32 (exact; inf and NaN keep their payload)."""
+    o = _U(_U(_U(h) & _FP16_LOW) << _SHIFT13)
+    exponent = o & _FP16_EXP
+    o = _U(o + _FP16_REBIAS)
+    if exponent == _FP16_EXP:       # inf or NaN: float32's all-ones exponent
+        o = _U(o + _FP16_REBIAS)
+    elif exponent == 0:             # zero or subnormal: 2**-14 * (1 + m/1024) - 2**-14
+        o = _F(_U(o + _FP16_SUBNORMAL).view(np.float32) - _FP16_MIN_NORMAL).view(np.uint32)
+    return _U(o | _U(_U(_U(h) & _SIGN16) << _SHIFT16)).view(np.float32)
+
+
+def f32_to_fp16(u):
+    """float32 bits -> fp16 bits, round to nearest even, numpy's NaN payload rule."""
+    sign = _U(u >> _SHIFT16) & _SIGN16
+    a = u & _ABS
+    if a > _EXP:
+        payload = _U(a >> _SHIFT13) & _FP16_PAYLOAD
+        return np.uint16(sign | _FP16_INF | (payload if payload != 0 else _ONE))
+    if a >= _FP16_OVERFLOW_BITS:
+        return np.uint16(sign | _FP16_INF)
+    if a < _FP16_MIN_NORMAL_BITS:
+        # 0.5 + |x| rounds |x| to a multiple of 2**-24 (fp16's subnormal step) in hardware.
+        rounded = _F(_U(a).view(np.float32) + _HALF).view(np.uint32)
+        return np.uint16(sign | _U(rounded - _HALF_BITS))
+    odd = _U(a >> _SHIFT13) & _ONE
+    return np.uint16(sign | _U(_U(a - _FP16_REBIAS + _FP16_ROUND + odd) >> _SHIFT13))
+
+
+def settle_nan(x, y, r, quiet):
+    """The bits of ``r = x op y``; a NaN ``r`` is x's NaN (| quiet), else y's, else x86's."""
+    if r == r:
+        return _F(r).view(np.uint32)
+    if x != x:
+        return _F(x).view(np.uint32) | quiet
+    if y != y:
+        return _F(y).view(np.uint32) | quiet
+    return _DEFAULT_NAN
+
+
+def f32_sum(x, y):
+    return x + y
+
+
+def f32_prod(x, y):
+    return x * y
+
+
+def f32_min(x, y):
+    # numpy's minimum: x when x < y or x is NaN, else y (ties and a NaN y give y).
+    return x if (x < y or x != x) else y
+
+
+def f32_max(x, y):
+    return x if (x > y or x != x) else y
+
+
+def scaled(x, s):
+    """``x * s``, a NaN passed on unchanged (a multiply would quieten it)."""
+    return x if x != x else x * s
+
+
+OPS = ("sum", "min", "max", "prod")
+_OP_ELEMENTS = {"sum": f32_sum, "prod": f32_prod, "min": f32_min, "max": f32_max}
+_CODECS = {"bf16": (bf16_to_f32, f32_to_bf16), "fp16": (fp16_to_f32, f32_to_fp16)}
+
+
+def element_functions(jit):
+    """Every half-precision element function compiled with ``jit``, keyed by (what, format):
+    ``(op, fmt)``: combine(a, b) -> bits for op in OPS; ``("scale", fmt)``: (h, divisor) ->
+    bits; ``("compress", fmt)``: (float32 x, scale) -> bits; ``("decompress", fmt)``: (h,
+    scale) -> float32; ``("decode", fmt)``: h -> float32."""
+    settle = jit(settle_nan)
+    scale_by = jit(scaled)
+    out = {}
+    for fmt, (decode_py, encode_py) in _CODECS.items():
+        decode, encode = jit(decode_py), jit(encode_py)
+        for op, element in _OP_ELEMENTS.items():
+            out[op, fmt] = jit(_combine(decode, encode, jit(element), settle,
+                                        _QUIET if op in ("sum", "prod") else None))
+        out["scale", fmt] = jit(_divide(decode, encode, settle))
+        out["compress", fmt] = jit(_compress(encode, scale_by))
+        out["decompress", fmt] = jit(_decompress(decode, scale_by))
+        out["decode", fmt] = decode
+    return out
+
+
+def _combine(decode, encode, element, settle, quiet):
+    if quiet is None:
+        # min and max return one of their operands, NaN included: nothing to settle.
+        def combine(a, b):
+            return encode(_F(element(decode(a), decode(b))).view(np.uint32))
+    else:
+        def combine(a, b):
+            x = decode(a)
+            y = decode(b)
+            return encode(settle(x, y, element(x, y), quiet))
+    return combine
+
+
+def _divide(decode, encode, settle):
+    def divide(h, divisor):
+        x = decode(h)
+        return encode(settle(x, divisor, x / divisor, _QUIET))
+    return divide
+
+
+def _compress(encode, scale_by):
+    def compress(x, scale):
+        return encode(_F(scale_by(x, scale)).view(np.uint32))
+    return compress
+
+
+def _decompress(decode, scale_by):
+    def decompress(h, scale):
+        return scale_by(decode(h), scale)
+    return decompress
+
+
+# ---------------------------------------------------------------------------------------
+# CPU kernels on uint16 bits: (dst, src) reductions, (dst, divisor) scaling, the codecs.
+
+_E = element_functions(njit(inline="always"))
+_bf16_sum, _bf16_prod, _bf16_min, _bf16_max = (_E[op, "bf16"] for op in _OP_ELEMENTS)
+_fp16_sum, _fp16_prod, _fp16_min, _fp16_max = (_E[op, "fp16"] for op in _OP_ELEMENTS)
+_bf16_scale, _fp16_scale = _E["scale", "bf16"], _E["scale", "fp16"]
+_bf16_compress, _fp16_compress = _E["compress", "bf16"], _E["compress", "fp16"]
+_bf16_decompress, _fp16_decompress = _E["decompress", "bf16"], _E["decompress", "fp16"]
+
+
+@njit(nogil=True, cache=True)
+def bf16_sum(dst, src):
+    for i in range(dst.size):
+        dst[i] = _bf16_sum(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def bf16_prod(dst, src):
+    for i in range(dst.size):
+        dst[i] = _bf16_prod(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def bf16_min(dst, src):
+    for i in range(dst.size):
+        dst[i] = _bf16_min(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def bf16_max(dst, src):
+    for i in range(dst.size):
+        dst[i] = _bf16_max(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def fp16_sum(dst, src):
+    for i in range(dst.size):
+        dst[i] = _fp16_sum(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def fp16_prod(dst, src):
+    for i in range(dst.size):
+        dst[i] = _fp16_prod(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def fp16_min(dst, src):
+    for i in range(dst.size):
+        dst[i] = _fp16_min(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def fp16_max(dst, src):
+    for i in range(dst.size):
+        dst[i] = _fp16_max(dst[i], src[i])
+
+
+@njit(nogil=True, cache=True)
+def bf16_scale(dst, divisor):
+    for i in range(dst.size):
+        dst[i] = _bf16_scale(dst[i], divisor)
+
+
+@njit(nogil=True, cache=True)
+def fp16_scale(dst, divisor):
+    for i in range(dst.size):
+        dst[i] = _fp16_scale(dst[i], divisor)
+
+
+@njit(nogil=True, cache=True)
+def bf16_compress(dst, src, scale):
+    for i in range(dst.size):
+        dst[i] = _bf16_compress(src[i], scale)
+
+
+@njit(nogil=True, cache=True)
+def fp16_compress(dst, src, scale):
+    for i in range(dst.size):
+        dst[i] = _fp16_compress(src[i], scale)
+
+
+@njit(nogil=True, cache=True)
+def bf16_decompress(dst, src, scale):
+    for i in range(dst.size):
+        dst[i] = _bf16_decompress(src[i], scale)
+
+
+@njit(nogil=True, cache=True)
+def fp16_decompress(dst, src, scale):
+    for i in range(dst.size):
+        dst[i] = _fp16_decompress(src[i], scale)
+
+
+_REDUCE = {("sum", "bf16"): bf16_sum, ("prod", "bf16"): bf16_prod,
+           ("min", "bf16"): bf16_min, ("max", "bf16"): bf16_max,
+           ("sum", "fp16"): fp16_sum, ("prod", "fp16"): fp16_prod,
+           ("min", "fp16"): fp16_min, ("max", "fp16"): fp16_max}
+_SCALE = {"bf16": bf16_scale, "fp16": fp16_scale}
+_COMPRESS = {"bf16": bf16_compress, "fp16": fp16_compress}
+_DECOMPRESS = {"bf16": bf16_decompress, "fp16": fp16_decompress}
+
+
+# ---------------------------------------------------------------------------------------
+# Launchers: what cpu.py hands out. Arrays are 1-D, of the half dtype or its uint16 bits.
+
+def half_format(dtype, what):
+    """"bf16" or "fp16" for a half-precision dtype; TypeError otherwise."""
+    fmt = FORMATS.get(np.dtype(dtype))
+    if fmt is None:
+        raise TypeError(f"{what}: expected bfloat16 or float16, got {np.dtype(dtype)}")
+    return fmt
+
+
+def as_bits(a, what):
+    """The uint16 view of a 1-D array of 16-bit values (the half dtype or its bits)."""
+    if a.dtype.itemsize != 2:
+        raise TypeError(f"{what}: expected 16-bit elements (bfloat16, float16 or their uint16 "
+                        f"bits), got {a.dtype}")
+    return a if a.dtype == BITS else a.view(BITS)
+
+
+def check_scale(scale):
+    """float32 ``scale``; ValueError unless a positive power of two (exact scaling)."""
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0 and math.frexp(scale)[0] == 0.5):
+        raise ValueError(f"scale must be a positive power of two (exact in float32), got "
+                         f"{scale!r}")
+    return np.float32(scale)
+
+
+def half_reduce_kernel(op, dtype):
+    """The ``(dst, src)`` kernel computing ``dst op= src`` on bfloat16 or float16 arrays."""
+    kernel = _REDUCE[op, half_format(dtype, "reduce_kernel")]
+
+    def reduce(dst, src):
+        kernel(as_bits(dst, "dst"), as_bits(src, "src"))
+
+    reduce.__name__ = kernel.__name__
+    return reduce
+
+
+def half_scale_kernel(dtype):
+    """The ``(dst, divisor)`` kernel behind op="avg": divide in float32, round once."""
+    kernel = _SCALE[half_format(dtype, "scale_kernel")]
+
+    def scale(dst, divisor):
+        kernel(as_bits(dst, "dst"), np.float32(divisor))
+
+    scale.__name__ = kernel.__name__
+    return scale
+
+
+def compress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0)`` kernel: float32 ``src`` -> ``round(src * scale)`` in
+    ``wire_dtype`` (bfloat16 or float16; dst of that dtype or its uint16 bits)."""
+    kernel = _COMPRESS[half_format(wire_dtype, "compress_kernel")]
+
+    def compress(dst, src, scale=1.0):
+        dst = as_bits(dst, "dst")
+        _check_float32_pair(src, dst, "src")
+        kernel(dst, src, check_scale(scale))
+
+    compress.__name__ = kernel.__name__
+    return compress
+
+
+def decompress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0)`` kernel: ``wire_dtype`` ``src`` -> float32 ``src *
+    scale`` (pass ``1 / s`` to undo a compression by ``s``)."""
+    kernel = _DECOMPRESS[half_format(wire_dtype, "decompress_kernel")]
+
+    def decompress(dst, src, scale=1.0):
+        src = as_bits(src, "src")
+        _check_float32_pair(dst, src, "dst")
+        kernel(dst, src, check_scale(scale))
+
+    decompress.__name__ = kernel.__name__
+    return decompress
+
+
+def _check_float32_pair(wide, bits, what):
+    if wide.dtype != np.float32:
+        raise TypeError(f"{what}: expected float32, got {wide.dtype}")
+    if wide.shape != bits.shape:
+        raise ValueError(f"{what}: shape {wide.shape} differs from the 16-bit array's "
+                         f"{bits.shape}")
