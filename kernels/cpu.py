@@ -10,9 +10,10 @@ ufunc with ``out=dst``. Both release the GIL. Which one serves a case is decided
 
 bfloat16 (``ml_dtypes.bfloat16``) and float16 have Numba kernels of their own in ``half.py``
 (Numba cannot compile either type's arithmetic on the CPU, so they work on the uint16 bits and
-compute in float32), as do the gradient codecs :func:`compress_kernel` and
-:func:`decompress_kernel` re-exported here. numpy's ufuncs (ml_dtypes' for bfloat16) remain
-as ``impl="numpy"``.
+compute in float32), served here by :func:`reduce_kernel` and :func:`scale_kernel` like every
+other dtype, and so do the gradient codecs :func:`compress_kernel` and
+:func:`decompress_kernel`. numpy's ufuncs (ml_dtypes' for bfloat16) remain as
+``impl="numpy"``.
 
 NaN handling follows numpy's ``minimum``/``maximum``: a NaN in either operand wins, so a NaN
 on any rank shows in the result (MPI leaves this unspecified).
@@ -20,8 +21,8 @@ on any rank shows in the result (MPI leaves this unspecified).
 import numpy as np
 from numba import njit
 
-from .half import (FORMATS, compress_kernel, decompress_kernel, half_reduce_kernel,
-                   half_scale_kernel)
+from . import half
+from .half import FORMATS, as_bits, check_scale, half_format
 
 __all__ = ["OPS", "NUMPY_FASTER", "compress_kernel", "decompress_kernel", "np_kernel",
            "reduce_kernel", "scale_kernel"]
@@ -121,3 +122,65 @@ def scale_kernel(dtype, impl=None):
     if _impl(impl, False) == "numpy":
         return _np_scale
     return half_scale_kernel(dtype) if dtype in FORMATS else nb_scale
+
+
+# ---------------------------------------------------------------------------------------
+# bfloat16 and float16: the Numba kernels of half.py on the uint16 bits, behind launchers
+# that accept arrays of the half dtype or of its bits.
+
+def half_reduce_kernel(op, dtype):
+    """The ``(dst, src)`` kernel computing ``dst op= src`` on bfloat16 or float16 arrays."""
+    kernel = half.REDUCE[op, half_format(dtype, "reduce_kernel")]
+
+    def reduce(dst, src):
+        kernel(as_bits(dst, "dst"), as_bits(src, "src"))
+
+    reduce.__name__ = kernel.__name__
+    return reduce
+
+
+def half_scale_kernel(dtype):
+    """The ``(dst, divisor)`` kernel behind op="avg": divide in float32, round once."""
+    kernel = half.SCALE[half_format(dtype, "scale_kernel")]
+
+    def scale(dst, divisor):
+        kernel(as_bits(dst, "dst"), np.float32(divisor))
+
+    scale.__name__ = kernel.__name__
+    return scale
+
+
+def compress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0)`` kernel: float32 ``src`` -> ``round(src * scale)`` in
+    ``wire_dtype`` (bfloat16 or float16; dst of that dtype or its uint16 bits)."""
+    kernel = half.COMPRESS[half_format(wire_dtype, "compress_kernel")]
+
+    def compress(dst, src, scale=1.0):
+        dst = as_bits(dst, "dst")
+        _check_float32_pair(src, dst, "src")
+        kernel(dst, src, check_scale(scale))
+
+    compress.__name__ = kernel.__name__
+    return compress
+
+
+def decompress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0)`` kernel: ``wire_dtype`` ``src`` -> float32 ``src *
+    scale`` (pass ``1 / s`` to undo a compression by ``s``)."""
+    kernel = half.DECOMPRESS[half_format(wire_dtype, "decompress_kernel")]
+
+    def decompress(dst, src, scale=1.0):
+        src = as_bits(src, "src")
+        _check_float32_pair(dst, src, "dst")
+        kernel(dst, src, check_scale(scale))
+
+    decompress.__name__ = kernel.__name__
+    return decompress
+
+
+def _check_float32_pair(wide, bits, what):
+    if wide.dtype != np.float32:
+        raise TypeError(f"{what}: expected float32, got {wide.dtype}")
+    if wide.shape != bits.shape:
+        raise ValueError(f"{what}: shape {wide.shape} differs from the 16-bit array's "
+                         f"{bits.shape}")

@@ -307,17 +307,17 @@ def fp16_decompress(dst, src, scale):
         dst[i] = _fp16_decompress(src[i], scale)
 
 
-_REDUCE = {("sum", "bf16"): bf16_sum, ("prod", "bf16"): bf16_prod,
+REDUCE = {("sum", "bf16"): bf16_sum, ("prod", "bf16"): bf16_prod,
            ("min", "bf16"): bf16_min, ("max", "bf16"): bf16_max,
            ("sum", "fp16"): fp16_sum, ("prod", "fp16"): fp16_prod,
            ("min", "fp16"): fp16_min, ("max", "fp16"): fp16_max}
-_SCALE = {"bf16": bf16_scale, "fp16": fp16_scale}
-_COMPRESS = {"bf16": bf16_compress, "fp16": fp16_compress}
-_DECOMPRESS = {"bf16": bf16_decompress, "fp16": fp16_decompress}
+SCALE = {"bf16": bf16_scale, "fp16": fp16_scale}
+COMPRESS = {"bf16": bf16_compress, "fp16": fp16_compress}
+DECOMPRESS = {"bf16": bf16_decompress, "fp16": fp16_decompress}
 
 
 # ---------------------------------------------------------------------------------------
-# Launchers: what cpu.py hands out. Arrays are 1-D, of the half dtype or its uint16 bits.
+# What the launchers (cpu.py here, the CUDA modules there) check their arguments with.
 
 def half_format(dtype, what):
     """"bf16" or "fp16" for a half-precision dtype; TypeError otherwise."""
@@ -342,61 +342,3 @@ def check_scale(scale):
         raise ValueError(f"scale must be a positive power of two (exact in float32), got "
                          f"{scale!r}")
     return np.float32(scale)
-
-
-def half_reduce_kernel(op, dtype):
-    """The ``(dst, src)`` kernel computing ``dst op= src`` on bfloat16 or float16 arrays."""
-    kernel = _REDUCE[op, half_format(dtype, "reduce_kernel")]
-
-    def reduce(dst, src):
-        kernel(as_bits(dst, "dst"), as_bits(src, "src"))
-
-    reduce.__name__ = kernel.__name__
-    return reduce
-
-
-def half_scale_kernel(dtype):
-    """The ``(dst, divisor)`` kernel behind op="avg": divide in float32, round once."""
-    kernel = _SCALE[half_format(dtype, "scale_kernel")]
-
-    def scale(dst, divisor):
-        kernel(as_bits(dst, "dst"), np.float32(divisor))
-
-    scale.__name__ = kernel.__name__
-    return scale
-
-
-def compress_kernel(wire_dtype):
-    """The ``(dst, src, scale=1.0)`` kernel: float32 ``src`` -> ``round(src * scale)`` in
-    ``wire_dtype`` (bfloat16 or float16; dst of that dtype or its uint16 bits)."""
-    kernel = _COMPRESS[half_format(wire_dtype, "compress_kernel")]
-
-    def compress(dst, src, scale=1.0):
-        dst = as_bits(dst, "dst")
-        _check_float32_pair(src, dst, "src")
-        kernel(dst, src, check_scale(scale))
-
-    compress.__name__ = kernel.__name__
-    return compress
-
-
-def decompress_kernel(wire_dtype):
-    """The ``(dst, src, scale=1.0)`` kernel: ``wire_dtype`` ``src`` -> float32 ``src *
-    scale`` (pass ``1 / s`` to undo a compression by ``s``)."""
-    kernel = _DECOMPRESS[half_format(wire_dtype, "decompress_kernel")]
-
-    def decompress(dst, src, scale=1.0):
-        src = as_bits(src, "src")
-        _check_float32_pair(dst, src, "dst")
-        kernel(dst, src, check_scale(scale))
-
-    decompress.__name__ = kernel.__name__
-    return decompress
-
-
-def _check_float32_pair(wide, bits, what):
-    if wide.dtype != np.float32:
-        raise TypeError(f"{what}: expected float32, got {wide.dtype}")
-    if wide.shape != bits.shape:
-        raise ValueError(f"{what}: shape {wide.shape} differs from the 16-bit array's "
-                         f"{bits.shape}")
