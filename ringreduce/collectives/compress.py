@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ..core.tables import COMPRESSIONS
+from ..core.tables import wire_dtype
 from ..memory.host import HOST
 from .run import run_algorithm
 
@@ -43,7 +43,7 @@ class Codec:
 
     def __init__(self, mem, compression, op):
         self.compression = compression
-        self.wire = COMPRESSIONS[compression]
+        self.wire = wire_dtype(compression)
         self.reduce, _ = mem.kernels("sum" if op == "avg" else op, self.wire)
         self.compress, self.decompress = mem.codec(self.wire)
         self.scaled = compression == "fp16"

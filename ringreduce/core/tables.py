@@ -5,7 +5,6 @@ messages (counts, dtypes, op, algorithm, sizes); the header pass compares it acr
 (``collectives/header.py``). ``hash()`` of a tuple of ints, strs excluded, is the same in
 every process (no hash randomisation for ints), so the tuples hold codes, not names.
 """
-import ml_dtypes
 import numpy as np
 
 OPS = ("sum", "avg", "min", "max", "prod")
@@ -15,17 +14,37 @@ OPS = ("sum", "avg", "min", "max", "prod")
 # RINGREDUCE_ALGORITHM without importing the algorithms and MPI.
 ALGORITHM_NAMES = ("auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical")
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-
-# Every numeric numpy dtype, and bfloat16 (numpy's through ml_dtypes, whose ``kind`` is "V":
-# test for it by identity, not by kind); the index is the dtype's code in the header.
+# Every numeric numpy dtype; the index is the dtype's code in the header. bfloat16 (numpy's
+# through ml_dtypes, whose ``kind`` is "V": test for it by name, not by kind) gets the next
+# code when it is first met: importing ml_dtypes costs more than the rest of ringreduce, so it
+# is imported only once a bfloat16 array (whose owner imported it) or a bf16 compression
+# arrives.
 DTYPES = tuple(np.dtype(c) for c in (
     "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-    "float16", "float32", "float64", "complex64", "complex128")) + (BFLOAT16,)
-
-# Gradient compression: the 16-bit type float32 data travels as.
-COMPRESSIONS = {None: None, "bf16": BFLOAT16, "fp16": np.dtype("float16")}
+    "float16", "float32", "float64", "complex64", "complex128"))
 DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
+BFLOAT16_CODE = len(DTYPES)
+
+# Gradient compression: the name of the 16-bit type float32 data travels as.
+COMPRESSIONS = {None: None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def bfloat16():
+    """numpy's bfloat16 dtype (ml_dtypes), registered in :data:`DTYPE_CODE`."""
+    import ml_dtypes
+    dt = np.dtype(ml_dtypes.bfloat16)
+    DTYPE_CODE.setdefault(dt, BFLOAT16_CODE)
+    return dt
+
+
+def wire_dtype(compression):
+    name = COMPRESSIONS[compression]
+    return None if name is None else bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
+def is_bfloat16(dtype):
+    return dtype.kind == "V" and dtype.name == "bfloat16"
+
 
 # Every collective; its index leads the signature, so ranks in different collectives never
 # agree whatever their arguments.
@@ -36,10 +55,13 @@ _MASK = 0x7FFFFFFFFFFFFFFF
 
 
 def check_dtype(dtype):
-    """TypeError unless ``dtype`` is one of :data:`DTYPES`."""
+    """TypeError unless ``dtype`` is one of :data:`DTYPES` or bfloat16."""
     if dtype not in DTYPE_CODE:
+        if is_bfloat16(dtype):
+            bfloat16()
+            return
         raise TypeError(f"unsupported dtype {dtype}; expected one of "
-                        f"{', '.join(str(d) for d in DTYPES)}")
+                        f"{', '.join(str(d) for d in DTYPES)}, bfloat16")
 
 
 def check_op_dtype(op, dtype):
@@ -55,7 +77,7 @@ def check_op_dtype(op, dtype):
 
 def is_floating(dtype):
     """float16/32/64 and bfloat16."""
-    return dtype.kind == "f" or dtype == BFLOAT16
+    return dtype.kind == "f" or is_bfloat16(dtype)
 
 
 def check_compression(compression, dtype, op):
@@ -70,7 +92,7 @@ def check_compression(compression, dtype, op):
         raise TypeError(f"compression={compression!r} takes float32 data, got {dtype}")
     if op not in ("sum", "avg"):
         raise ValueError(f"compression={compression!r} serves op 'sum' and 'avg', got op={op!r}")
-    return COMPRESSIONS[compression]
+    return wire_dtype(compression)
 
 
 def compression_code(compression):

@@ -5,7 +5,7 @@ import contextlib
 
 import numpy as np
 
-from ..core.tables import ALGORITHM_NAMES, BFLOAT16, check_op_dtype
+from ..core.tables import ALGORITHM_NAMES, check_op_dtype, is_bfloat16
 
 
 class HostBackend:
@@ -40,7 +40,7 @@ class HostBackend:
             check_op_dtype(op, dtype)
             # bfloat16: numpy's ufuncs through ml_dtypes (float32 arithmetic, one rounding)
             # until kernels.cpu has its own.
-            impl = "numpy" if dtype == BFLOAT16 else None
+            impl = "numpy" if is_bfloat16(dtype) else None
             if op == "avg":
                 got = reduce_kernel("sum", dtype, impl), scale_kernel(dtype, impl)
             else:
