@@ -4,6 +4,7 @@
     ringreduce-run --hostfile hostfiles/example-mpich python train.py --epochs 3
     ringreduce-run -H node1:2,node2:2 --env RINGREDUCE_ALGORITHM=ring python train.py
     ringreduce-run --dry-run -H node1:2,node2:2 python train.py    # print, run nothing
+    ringreduce-run --max-restarts 3 --min-np 6 --hostfile hosts python train.py --resume auto
     python -m ringreduce.run ...                                   # the same
 
 It finds out whether `mpiexec` is MPICH's Hydra or Open MPI's mpirun, rewrites the hosts into
@@ -17,6 +18,9 @@ Every RINGREDUCE_* variable of the caller's environment is forwarded to all rank
 --env NAME=VALUE. The command is an argv list run without a shell, and host names were checked
 by ringreduce.hostfile (no shell syntax, no leading '-') before they get here, because mpiexec
 passes them on to ssh, which does go through a remote shell.
+
+Without -H or --hostfile, a Slurm, PBS or LSF allocation gives the hosts (launch.schedulers);
+--max-restarts starts a failed job again on the hosts still reachable (launch.restart).
 """
 import argparse
 import os
@@ -29,6 +33,8 @@ import sys
 import tempfile
 
 from .hostfile import HostfileError, format_hostfile, parse_host_list, parse_hostfile
+from .restart import RestartError, check_command, check_restart_options, run_with_restarts
+from .schedulers import allocation_hosts
 
 HYDRA = "hydra"
 OPENMPI = "openmpi"
@@ -152,10 +158,19 @@ def build_command(flavour, mpiexec, np, program, hostfile=None, env=None, oversu
     return cmd + list(program)
 
 
-def _positive_int(text):
-    if not re.fullmatch(r"[0-9]+", text, re.ASCII) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+def _whole(text, minimum):
+    if not re.fullmatch(r"[0-9]+", text, re.ASCII) or int(text) < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got "
+                                         f"{text!r}")
     return int(text)
+
+
+def _positive_int(text):
+    return _whole(text, 1)
+
+
+def _count(text):
+    return _whole(text, 0)
 
 
 def _parser():
@@ -184,6 +199,16 @@ def _parser():
                         "plm_rsh_agent or plm_ssh_agent)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the command and the hostfile it would use, run nothing")
+    r = p.add_argument_group("restarts (docs/cluster.md, 'When a rank dies')")
+    r.add_argument("--max-restarts", type=_count, metavar="K",
+                   help="start a failed job again, up to K times (each start gets "
+                        "RINGREDUCE_RESTART_COUNT=0, 1, ...)")
+    r.add_argument("--min-np", type=_positive_int, metavar="N",
+                   help="restart on fewer ranks, down to N, when hosts fail the check "
+                        "(default: the first start's rank count)")
+    r.add_argument("--host-check", metavar="CMD",
+                   help="before a restart, a host is left out unless 'CMD HOST true' succeeds "
+                        "(default: --launcher-exec, else srun inside Slurm, else ssh)")
     p.add_argument("program", nargs=argparse.REMAINDER,
                    help="the program and its arguments")
     return p
@@ -197,25 +222,34 @@ def _find_executable(name, what):
     return os.path.abspath(found)
 
 
-def _wait(proc):
-    """Wait for the launcher, passing on signals meant for the job; return its exit status.
+def _run(cmd):
+    """Run the launcher `cmd`, passing on signals meant for the job; return its exit status
+    and whether a signal was passed on (a job stopped on purpose is not restarted).
 
     Ctrl-C reaches mpiexec directly (it is in our process group); SIGTERM or SIGHUP sent to
     this process alone would otherwise leave mpiexec and its ranks running with no one
     waiting for them, so they are forwarded. Passing on SIGINT too costs nothing: both
-    launchers treat a repeat as "abort harder".
+    launchers treat a repeat as "abort harder". The handlers are in place before mpiexec
+    starts, and a signal that comes while it starts is passed on once it has.
     """
+    procs, signalled = [], []
+
     def forward(signum, _frame):
-        proc.send_signal(signum)
+        signalled.append(signum)
+        for proc in procs:
+            proc.send_signal(signum)
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, forward) for s in handled}
     try:
-        status = proc.wait()
+        procs.append(subprocess.Popen(cmd))
+        for signum in list(signalled):
+            procs[0].send_signal(signum)
+        status = procs[0].wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     # Killed by signal N: report it the way a shell does.
-    return 128 - status if status < 0 else status
+    return (128 - status if status < 0 else status), bool(signalled)
 
 
 def _launch(args, out):
@@ -227,20 +261,11 @@ def _launch(args, out):
         raise LaunchError(f"unknown option {program[0]!r} (options go before the program); "
                           "see ringreduce-run --help")
 
-    if args.host_list is not None:
-        hosts, source = parse_host_list(args.host_list), "-H"
-    elif args.hostfile is not None:
-        try:
-            hosts = parse_hostfile(args.hostfile)
-        except OSError as e:
-            raise LaunchError(f"cannot read hostfile {args.hostfile!r}: {e.strerror}") from None
-        source = f"hostfile {args.hostfile}"
-    else:
-        hosts, source = None, None
-
+    hosts, source, reload_hosts, scheduler = _hosts(args)
     if hosts is None:
         if args.np is None:
-            raise LaunchError("expected -np N, or hosts (-H or --hostfile) whose slots give it")
+            raise LaunchError("expected -np N, or hosts (-H, --hostfile, or a Slurm, PBS or "
+                              "LSF allocation) whose slots give it")
         np = args.np
     else:
         slots = sum(h.slots for h in hosts)
@@ -249,7 +274,7 @@ def _launch(args, out):
             listing = ", ".join(f"{h.name}:{h.slots}" for h in hosts)
             raise LaunchError(f"-np {np} is more than the {slots} slots in {source} "
                               f"({listing}); lower -np, add slots, or pass --oversubscribe")
-
+    restarts = args.max_restarts or 0
     mpiexec = args.mpiexec
     if mpiexec is None:
         mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
@@ -261,41 +286,97 @@ def _launch(args, out):
     launcher_exec = None
     if args.launcher_exec is not None:
         launcher_exec = _find_executable(args.launcher_exec, "--launcher-exec")
+    try:
+        min_np = check_restart_options(restarts, args.min_np, args.host_check, np,
+                                       hosts is not None)
+        check = check_command(args.host_check, launcher_exec, scheduler == "Slurm")
+    except RestartError as e:
+        raise LaunchError(str(e)) from None
 
     flavour, evidence, version_output = query_flavour(mpiexec)
     env = forwarded_env(os.environ, args.env)
-    try:
-        hostfile_text = None if hosts is None else format_hostfile(hosts, flavour)
-    except ValueError as e:  # a host this launcher cannot take (IPv6 with Hydra)
-        raise LaunchError(str(e)) from None
 
-    tmpdir = None
-    try:
-        hostfile = None
-        if hostfile_text is not None:
-            # Written afresh in the launcher's own format even when the user's file already
-            # is: what mpiexec reads is then exactly what was checked.
-            tmpdir = tempfile.mkdtemp(prefix="ringreduce-run-")
-            hostfile = os.path.join(tmpdir, "hostfile")
-            with open(hostfile, "w", encoding="ascii") as f:
-                f.write(hostfile_text)
-        cmd = build_command(flavour, mpiexec, np, program, hostfile, env, args.oversubscribe,
-                            launcher_exec, openmpi_major(version_output) or 4)
-        if args.dry_run:
-            print(f"# MPI: {_FLAVOUR_NAMES[flavour]}, as told by {evidence}", file=out)
-            if hostfile is not None:
-                print(f"# hostfile {hostfile} (written from {source}; removed after the job):",
-                      file=out)
-                for line in hostfile_text.splitlines():
-                    print(f"#   {line}", file=out)
-            print(shlex.join(cmd), file=out)
+    def start(hosts, np, restart_count, dry_run=False):
+        try:
+            hostfile_text = None if hosts is None else format_hostfile(hosts, flavour)
+        except ValueError as e:  # a host this launcher cannot take (IPv6 with Hydra)
+            raise LaunchError(str(e)) from None
+        job_env = env if args.max_restarts is None else \
+            {**env, "RINGREDUCE_RESTART_COUNT": str(restart_count)}
+        tmpdir = None
+        try:
+            hostfile = None
+            if hostfile_text is not None:
+                # Written afresh in the launcher's own format even when the user's file
+                # already is: what mpiexec reads is then exactly what was checked.
+                tmpdir = tempfile.mkdtemp(prefix="ringreduce-run-")
+                hostfile = os.path.join(tmpdir, "hostfile")
+                with open(hostfile, "w", encoding="ascii") as f:
+                    f.write(hostfile_text)
+            cmd = build_command(flavour, mpiexec, np, program, hostfile, job_env,
+                                args.oversubscribe, launcher_exec,
+                                openmpi_major(version_output) or 4)
+            if dry_run:
+                _print_dry_run(out, flavour, evidence, hostfile, source, hostfile_text, cmd,
+                               restarts, check, min_np)
+                return 0, False
             out.flush()
-            return 0
-        out.flush()
-        return _wait(subprocess.Popen(cmd))
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            return _run(cmd)
+        finally:
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+
+    if args.dry_run:
+        return start(hosts, np, 0, dry_run=True)[0]
+
+    def log(line):
+        print(f"ringreduce-run: {line}", file=sys.stderr, flush=True)
+    return run_with_restarts(start, hosts, np, max_restarts=restarts, min_np=min_np,
+                             np_given=args.np, oversubscribe=args.oversubscribe,
+                             reload_hosts=reload_hosts, check=check, log=log)
+
+
+def _hosts(args):
+    """(hosts, where they came from, a function that reads them again, the scheduler or None)
+    from -H, --hostfile or a scheduler's allocation; hosts None for this machine only."""
+    if args.host_list is not None:
+        hosts = parse_host_list(args.host_list)
+        return hosts, "-H", lambda: hosts, None
+    if args.hostfile is not None:
+        def read():
+            try:
+                return parse_hostfile(args.hostfile)
+            except OSError as e:
+                raise LaunchError(f"cannot read hostfile {args.hostfile!r}: {e.strerror}") \
+                    from None
+
+        def read_again():
+            try:
+                return read()
+            except (LaunchError, HostfileError) as e:
+                raise RestartError(f"the hostfile, read again: {e}") from None
+        return read(), f"hostfile {args.hostfile}", read_again, None
+    try:
+        scheduler, hosts, source = allocation_hosts(os.environ) or (None, None, None)
+    except OSError as e:
+        raise LaunchError(f"cannot read PBS_NODEFILE {e.filename!r}: {e.strerror}") from None
+    return hosts, source, lambda: hosts, scheduler
+
+
+def _print_dry_run(out, flavour, evidence, hostfile, source, hostfile_text, cmd, restarts,
+                   check, min_np):
+    print(f"# MPI: {_FLAVOUR_NAMES[flavour]}, as told by {evidence}", file=out)
+    if hostfile is not None:
+        print(f"# hostfile {hostfile} (written from {source}; removed after the job):",
+              file=out)
+        for line in hostfile_text.splitlines():
+            print(f"#   {line}", file=out)
+    if restarts:
+        how = "" if hostfile is None else (f", on the hosts that pass '{shlex.join(check)} "
+                                           f"HOST true', at least {min_np} rank(s)")
+        print(f"# on failure: up to {restarts} restart(s){how}", file=out)
+    print(shlex.join(cmd), file=out)
+    out.flush()
 
 
 def main(argv=None):
