@@ -5,7 +5,7 @@ import contextlib
 
 import numpy as np
 
-from ..core.tables import ALGORITHM_NAMES, check_op_dtype, is_bfloat16
+from ..core.tables import ALGORITHM_NAMES, check_op_dtype
 
 
 class HostBackend:
@@ -38,13 +38,10 @@ class HostBackend:
         if got is None:
             from ..kernels.cpu import reduce_kernel, scale_kernel
             check_op_dtype(op, dtype)
-            # bfloat16: numpy's ufuncs through ml_dtypes (float32 arithmetic, one rounding)
-            # until kernels.cpu has its own.
-            impl = "numpy" if is_bfloat16(dtype) else None
             if op == "avg":
-                got = reduce_kernel("sum", dtype, impl), scale_kernel(dtype, impl)
+                got = reduce_kernel("sum", dtype), scale_kernel(dtype)
             else:
-                got = reduce_kernel(op, dtype, impl), None
+                got = reduce_kernel(op, dtype), None
             self._kernels[(op, dtype)] = got
         return got
 
@@ -114,13 +111,15 @@ class HostBackend:
     def codec(wire):
         """``(compress(dst, src, s), decompress(dst, src, s))``: float32 to ``wire`` values
         multiplied by ``s`` (a power of two, exact) with one rounding to nearest-even, and
-        back multiplied by ``s``."""
-        return _numpy_compress, _numpy_decompress
+        back multiplied by ``s`` (the Numba kernels of ``kernels/half.py``)."""
+        from ..kernels.cpu import compress_kernel, decompress_kernel
+        return compress_kernel(wire), decompress_kernel(wire)
 
     @staticmethod
     def amax(a):
         """The largest magnitude in ``a`` (NaN if any element is NaN), as a Python float."""
-        return float(np.max(np.abs(a))) if a.size else 0.0
+        # Two passes without a temporary; a NaN anywhere makes both NaN.
+        return float(max(np.max(a), -np.min(a))) if a.size else 0.0
 
     @staticmethod
     def subtract(dst, src):
@@ -157,15 +156,6 @@ class HostBackend:
     @staticmethod
     def on_device(device):
         return contextlib.nullcontext()
-
-
-def _numpy_compress(dst, src, s):
-    # numpy multiplies in float32 and rounds once when it casts into the 16-bit ``dst``.
-    np.multiply(src, np.float32(s), out=dst, casting="unsafe")
-
-
-def _numpy_decompress(dst, src, s):
-    np.multiply(src, np.float32(s), out=dst, casting="unsafe")
 
 
 HOST = HostBackend()
