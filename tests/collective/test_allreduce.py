@@ -1,4 +1,6 @@
-"""rr.allreduce against native MPI and a float64 numpy reference.
+"""rr.allreduce on every kind of memory (the ``memory`` fixture: numpy arrays, and CUDA device
+arrays under the simulator or on a GPU) against a float64 numpy reference, and on the host
+against native MPI. What only device arrays do is in test_device.py.
 
 Runs at any rank count: plain ``pytest`` is 1 rank, ``mpiexec -n N python -m pytest`` is N.
 Small segment sizes make even tiny inputs cross many segments.
@@ -10,13 +12,13 @@ import pytest
 from mpi4py import MPI
 
 import ringreduce as rr
+from _memory import Host, cases
 from ringreduce.core.choose import choose_algorithm
-from ringreduce.core.tables import DTYPES
 
-ALGS = ["auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical"]
+ALGS = list(Host.algorithms)
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
-LENGTHS = sorted({0, 1, 2, max(P - 1, 1), 7, 13, 97, 1000})
+LENGTHS = tuple(sorted({0, 1, 2, max(P - 1, 1), 7, 13, 97}))
 
 
 def ops_for(dtype):
@@ -51,21 +53,93 @@ def reference(dtype, n, op, comm):
     return ref
 
 
-@pytest.mark.parametrize("algorithm", ALGS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_every_dtype_op_and_length(algorithm, dtype, comm):
-    for op in ops_for(dtype):
-        for n in LENGTHS:
+def same_everywhere(comm, arr):
+    everyone = comm.allgather(np.ascontiguousarray(arr).tobytes())
+    assert all(b == everyone[0] for b in everyone), "ranks disagree bitwise"
+
+
+def every_dtype(kind):
+    """(algorithm, dtype, ops, lengths). The host: every algorithm, dtype, op and length. The
+    device, whose cases must stay few (a kernel launch costs milliseconds in the simulator):
+    every algorithm and length on float64 with sum and avg (the reduction and the scaling
+    kernel), and every other dtype with every op on the ring (pipelined, many segments) at
+    97 elements. The CUDA kernels of every dtype and op are also checked one by one in
+    tests/_cuda_sim_checks.py."""
+    if kind is Host:
+        return [(a, d, ops_for(d), LENGTHS) for a in kind.algorithms for d in kind.dtypes]
+    f64 = np.dtype(np.float64)
+    return ([(a, f64, ["sum", "avg"], LENGTHS) for a in kind.algorithms]
+            + [("ring", d, ops_for(d), (97,)) for d in kind.dtypes if d != f64])
+
+
+def per_algorithm(kind):
+    return [(a,) for a in kind.algorithms]
+
+
+def case_id(value):
+    if isinstance(value, tuple):
+        return "n=" + ",".join(map(str, value))
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+@pytest.mark.parametrize("memory,algorithm,dtype,ops,lengths", cases(every_dtype),
+                         indirect=["memory"], ids=case_id)
+def test_every_dtype_op_and_length(memory, algorithm, dtype, ops, lengths, comm):
+    seg = memory.segment_elems * dtype.itemsize
+    for op in ops:
+        for n in lengths:
             x = inputs(dtype, n, RANK, op)
-            keep = x.copy()
-            got = rr.allreduce(x, op, algorithm=algorithm, segment_bytes=3 * dtype.itemsize)
+            d = memory.put(x)
+            got = rr.allreduce(d, op, algorithm=algorithm, segment_bytes=seg)
+            assert memory.is_ours(got), type(got)
+            got = memory.get(got)
             assert got.dtype == dtype and got.shape == x.shape
-            np.testing.assert_array_equal(x, keep, err_msg="input was modified")
+            np.testing.assert_array_equal(memory.get(d), x, err_msg="input was modified")
             ref = reference(dtype, n, op, comm)
             if op == "avg":
-                np.testing.assert_allclose(got, ref.astype(dtype), rtol=2e-3 if dtype == np.float16 else 1e-6)
+                np.testing.assert_allclose(got, ref.astype(dtype),
+                                           rtol=2e-3 if dtype == np.float16 else 1e-6)
+                same_everywhere(comm, got)
             else:
+                # Exact on every rank, so the same bits on every rank.
                 np.testing.assert_array_equal(got, ref.astype(dtype), err_msg=f"{op} n={n}")
+
+
+def random_input(dtype, n, rank, seed):
+    return np.random.default_rng([seed, rank, n, 7]).standard_normal(n).astype(dtype)
+
+
+def float_cases(kind):
+    """(algorithm, dtype): every algorithm with every float dtype on the host; on the device
+    every algorithm with float32, and float64 and float16 with the ring and doubling."""
+    floats = ("float64", "float32", "float16")
+    if kind is Host:
+        return [(a, d) for a in kind.algorithms for d in floats]
+    return [(a, "float32") for a in kind.algorithms] + [
+        (a, d) for a in ("ring", "doubling") for d in floats if d != "float32"]
+
+
+@pytest.mark.parametrize("memory,algorithm,dtype", cases(float_cases), indirect=["memory"])
+def test_random_floats_round_like_float64_and_like_the_host(memory, algorithm, dtype, comm):
+    """Random floats: within rounding of the float64 reduction, the same bits on every rank,
+    and the bits of the host path for the same algorithm and segment size (the same
+    reduction order and the same IEEE operations, whatever the memory)."""
+    dtype = np.dtype(dtype)
+    rtol = {"float64": 1e-13, "float32": 1e-5, "float16": 1e-2}[dtype.name] * P
+    seg = memory.segment_elems * dtype.itemsize
+    for i, op in enumerate(("sum", "avg")):
+        xs = [random_input(dtype, 97, r, i) for r in range(P)]
+        got = memory.get(rr.allreduce(memory.put(xs[RANK]), op, algorithm=algorithm,
+                                      segment_bytes=seg))
+        ref = {"sum": np.sum, "avg": np.mean}[op](
+            np.stack([x.astype(np.float64) for x in xs]), axis=0)
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=rtol, atol=rtol,
+                                   err_msg=op)
+        same_everywhere(comm, got)
+        on_host = rr.allreduce(xs[RANK], op, algorithm=algorithm, segment_bytes=seg)
+        np.testing.assert_array_equal(got, on_host, err_msg=f"{op}: not the host's bits")
 
 
 @pytest.mark.parametrize("algorithm", ALGS)
@@ -84,55 +158,63 @@ def test_matches_native_mpi_and_is_bitwise_identical(algorithm, dtype, comm):
         scale = np.sum([np.abs(np.asarray(a, np.float64)) for a in comm.allgather(x)], axis=0)
         assert np.all(np.abs(got - exact) <= tol * scale + 1e-30)
         assert np.all(np.abs(native - exact) <= tol * scale + 1e-30)
-        everyone = comm.allgather(got.tobytes())
-        assert all(b == everyone[0] for b in everyone), "ranks disagree bitwise"
+        same_everywhere(comm, got)
 
 
-@pytest.mark.parametrize("algorithm", ALGS)
-def test_big_tiny_values_agree_bitwise(algorithm, comm):
+@pytest.mark.parametrize("memory,algorithm", cases(per_algorithm), indirect=["memory"])
+def test_big_tiny_values_agree_bitwise(memory, algorithm, comm):
     """MPICH's allred_float idea: BIG, -BIG and TINY make the sum order visible."""
     big, tiny = np.float32(1e30), np.float32(1e-30)
     x = np.array([[big, -big, tiny][(RANK + i) % 3] for i in range(257)], np.float32)
-    got = rr.allreduce(x, algorithm=algorithm, segment_bytes=64)
-    everyone = comm.allgather(got.tobytes())
-    assert all(b == everyone[0] for b in everyone)
+    got = memory.get(rr.allreduce(memory.put(x), algorithm=algorithm, segment_bytes=64))
+    same_everywhere(comm, got)
 
 
-@pytest.mark.parametrize("algorithm", ALGS)
-def test_in_place_and_out(algorithm, comm):
+@pytest.mark.parametrize("memory,algorithm", cases(per_algorithm), indirect=["memory"])
+def test_in_place_and_out(memory, algorithm, comm):
     x = inputs(np.dtype(np.float64), 101, RANK, "sum")
     ref = reference(np.dtype(np.float64), 101, "sum", comm)
-    y = x.copy()
+    y = memory.put(x)
     res = rr.allreduce(y, algorithm=algorithm, out=y, segment_bytes=40)
     assert res is y
-    np.testing.assert_array_equal(y, ref)
-    out = np.full_like(x, np.nan)
-    res = rr.allreduce(x, algorithm=algorithm, out=out, segment_bytes=40)
+    np.testing.assert_array_equal(memory.get(y), ref)
+    src, out = memory.put(x), memory.put(np.full_like(x, np.nan))
+    res = rr.allreduce(src, algorithm=algorithm, out=out, segment_bytes=40)
     assert res is out
-    np.testing.assert_array_equal(out, ref)
-    np.testing.assert_array_equal(x, inputs(np.dtype(np.float64), 101, RANK, "sum"))
+    np.testing.assert_array_equal(memory.get(out), ref)
+    np.testing.assert_array_equal(memory.get(src), x)
 
 
-@pytest.mark.parametrize("algorithm", ALGS)
-def test_shapes_and_non_contiguous(algorithm, comm):
-    base = np.arange(60, dtype=np.float32).reshape(6, 10) * (RANK + 1)
+def shape_cases(kind):
+    """Every algorithm on the host; the device's views and copies do not depend on the
+    algorithm, so there the ring and the tree (a pipelined and a rooted schedule) do."""
+    return per_algorithm(kind) if kind is Host else [("ring",), ("tree",)]
+
+
+@pytest.mark.parametrize("memory,algorithm", cases(shape_cases), indirect=["memory"])
+def test_shapes_and_non_contiguous(memory, algorithm, comm):
+    host_base = np.arange(60, dtype=np.float32).reshape(6, 10) * (RANK + 1)
+    base = memory.put(host_base)
     tri = P * (P + 1) // 2
-    for x in (base[:, ::3], base.T, base[::2], np.float32(RANK + 1) * np.ones(()), base[:0]):
-        keep = np.array(x, copy=True)
-        got = rr.allreduce(x, algorithm=algorithm, segment_bytes=8)
-        assert got.shape == x.shape
-        np.testing.assert_array_equal(got, keep / (RANK + 1) * tri)
-        np.testing.assert_array_equal(x, keep)
+    seg = memory.segment_elems * 4
+    for x in (base[:, ::3], base.T, base[::2], memory.put(np.float32(RANK + 1) * np.ones(())),
+              base[:0]):
+        keep = memory.get(x)
+        got = rr.allreduce(x, algorithm=algorithm, segment_bytes=seg)
+        assert memory.is_ours(got) and got.shape == x.shape
+        np.testing.assert_array_equal(memory.get(got), keep / (RANK + 1) * tri)
+        np.testing.assert_array_equal(memory.get(x), keep)
     # in place on a non-contiguous view writes through to the parent
-    parent = base.copy()
+    parent = memory.put(host_base)
     view = parent[:, 1::2]
-    rr.allreduce(view, algorithm=algorithm, out=view, segment_bytes=8)
-    np.testing.assert_array_equal(parent[:, 1::2], base[:, 1::2] / (RANK + 1) * tri)
-    np.testing.assert_array_equal(parent[:, 0::2], base[:, 0::2])
+    assert rr.allreduce(view, algorithm=algorithm, out=view, segment_bytes=seg) is view
+    after = memory.get(parent)
+    np.testing.assert_array_equal(after[:, 1::2], host_base[:, 1::2] / (RANK + 1) * tri)
+    np.testing.assert_array_equal(after[:, 0::2], host_base[:, 0::2])
     # a non-contiguous out
-    out = np.zeros((10, 6), np.float32).T
-    rr.allreduce(base, algorithm=algorithm, out=out, segment_bytes=8)
-    np.testing.assert_array_equal(out, base / (RANK + 1) * tri)
+    out = memory.put(np.zeros((10, 6), np.float32)).T
+    rr.allreduce(base, algorithm=algorithm, out=out, segment_bytes=seg)
+    np.testing.assert_array_equal(memory.get(out), host_base / (RANK + 1) * tri)
 
 
 def test_array_like_inputs(comm):
@@ -157,63 +239,67 @@ def test_auto_matches_choice(comm):
     assert choose_algorithm(8, P) == "doubling"
 
 
-def test_errors_on_every_rank_for_bad_input(comm):
-    x = np.ones(4)
+def test_errors_on_every_rank_for_bad_input(memory, comm):
+    x = memory.put(np.ones(4))
     with pytest.raises(ValueError, match="expected one of sum, avg, min, max, prod"):
         rr.allreduce(x, "mean")
     with pytest.raises(ValueError, match="expected one of auto, ring, tree, rhd, doubling"):
         rr.allreduce(x, algorithm="butterfly")
     with pytest.raises(TypeError, match="avg.*floating"):
-        rr.allreduce(np.ones(3, np.int32), "avg")
+        rr.allreduce(memory.put(np.ones(3, np.int32)), "avg")
+    with pytest.raises(ValueError, match="out must have x's shape"):
+        rr.allreduce(x, out=memory.put(np.ones(5)))
+    with pytest.raises(ValueError, match="overlaps"):
+        y = memory.put(np.ones(8))
+        rr.allreduce(y[:4], out=y[2:6])
+    # still usable
+    assert np.all(memory.get(rr.allreduce(x)) == P)
+
+
+def test_host_only_input_errors(comm):
     with pytest.raises(TypeError, match="complex"):
         rr.allreduce(np.ones(3, np.complex64), "max")
     with pytest.raises(TypeError, match="unsupported dtype bool"):
         rr.allreduce(np.ones(3, bool))
     with pytest.raises(TypeError, match="numeric array"):
         rr.allreduce([object()])
-    with pytest.raises(ValueError, match="out must have x's shape"):
-        rr.allreduce(x, out=np.ones(5))
-    with pytest.raises(ValueError, match="overlaps"):
-        y = np.ones(8)
-        rr.allreduce(y[:4], out=y[2:6])
-    # still usable
-    assert np.all(rr.allreduce(x) == P)
+    assert np.all(rr.allreduce(np.ones(2)) == P)
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("algorithm", ALGS)
-def test_mismatched_counts_error_everywhere(algorithm, comm):
+@pytest.mark.parametrize("memory,algorithm", cases(per_algorithm), indirect=["memory"])
+def test_mismatched_counts_error_everywhere(memory, algorithm, comm):
     n = 10 if RANK != 1 else 12
     with pytest.raises(rr.MismatchError) as info:
-        rr.allreduce(np.ones(n, np.float32), algorithm=algorithm)
+        rr.allreduce(memory.put(np.ones(n, np.float32)), algorithm=algorithm)
     msg = str(info.value)
     assert "Mismatched allreduce count" in msg and "(12,)" in msg and "(10,)" in msg
-    assert np.all(rr.allreduce(np.ones(3), algorithm=algorithm) == P)
+    assert np.all(memory.get(rr.allreduce(memory.put(np.ones(3)), algorithm=algorithm)) == P)
 
 
 @pytest.mark.mpi(min_size=2)
-def test_mismatched_dtype_op_shape_algorithm(comm):
+def test_mismatched_dtype_op_shape_algorithm(memory, comm):
     last = RANK == P - 1
-    cases = [
+    cases_ = [
         (dict(x=np.ones(6, np.float64 if last else np.float32)), "dtype", "float32"),
         (dict(x=np.ones(6), op="max" if last else "sum"), "op", "'max'"),
         (dict(x=np.ones((2, 3) if last else (3, 2))), "tensor shapes", "(2, 3)"),
         (dict(x=np.ones(6), algorithm="ring" if last else "tree"), "algorithm", "'ring'"),
     ]
-    for kwargs, what, named in cases:
-        x = kwargs.pop("x")
+    for kwargs, what, named in cases_:
+        x = memory.put(kwargs.pop("x"))
         with pytest.raises(rr.MismatchError, match=f"Mismatched allreduce {what}") as info:
             rr.allreduce(x, **kwargs)
         assert named in str(info.value) and f"rank {P - 1}" in str(info.value) + f"rank {RANK}"
-    assert np.all(rr.allreduce(np.ones(2)) == P)
+    assert np.all(memory.get(rr.allreduce(memory.put(np.ones(2)))) == P)
 
 
 @pytest.mark.mpi(min_size=2)
-def test_bad_input_on_one_rank_errors_everywhere(comm):
+def test_bad_input_on_one_rank_errors_everywhere(memory, comm):
     op = "bogus" if RANK == 0 else "sum"
     with pytest.raises(ValueError, match="bogus"):
-        rr.allreduce(np.ones(3), op)
-    assert np.all(rr.allreduce(np.ones(3)) == P)
+        rr.allreduce(memory.put(np.ones(3)), op)
+    assert np.all(memory.get(rr.allreduce(memory.put(np.ones(3)))) == P)
 
 
 def test_private_communicator_does_not_collide(comm):
@@ -228,11 +314,11 @@ def test_private_communicator_does_not_collide(comm):
     assert got[0] == 42.0 and np.all(res == P * (P - 1) / 2)
 
 
-def test_sub_communicator(comm):
+def test_sub_communicator(memory, comm):
     sub = comm.Split(RANK % 2, RANK)
     try:
-        got = rr.allreduce(np.full(5, RANK, np.int64), comm=sub, algorithm="ring")
+        got = rr.allreduce(memory.put(np.full(5, RANK, np.int64)), comm=sub, algorithm="ring")
         members = [r for r in range(P) if r % 2 == RANK % 2]
-        assert np.all(got == sum(members))
+        assert np.all(memory.get(got) == sum(members))
     finally:
         sub.Free()

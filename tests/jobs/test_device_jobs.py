@@ -1,10 +1,13 @@
-"""Device-array allreduce: tests/_device_sim_checks.py under mpiexec at 1 to 4 ranks.
+"""Device arrays in processes of their own, where this process cannot show it: Numba picks the
+CUDA simulator or the real driver when it is first imported (NUMBA_ENABLE_CUDASIM), and
+tests/conftest.py has already picked the simulator here unless told otherwise.
 
-Each run is a fresh MPI job: Numba picks the CUDA simulator or the real driver when it is
-first imported (NUMBA_ENABLE_CUDASIM), and the checks need every rank in one job. Under the
-simulator the transport stages through host buffers (the default there) and, in a second
-run, passes "device" memory straight to MPI (RINGREDUCE_CUDA_AWARE=1), so both transport
-paths run in CI. On a machine with a GPU the same checks run on it as well.
+- On a machine with a GPU, the device cases of the collective tests (the ``memory`` fixture's
+  "device", tests/collective/) run on it, at 1 and 2 ranks; everywhere they run in the
+  simulator as part of the collective runs.
+- Without numba-cuda the host path works and device arrays are refused politely; importing
+  ringreduce and host calls never load numba-cuda.
+- benchmarks/gpu.py, what a GPU machine runs, works under the simulator.
 
 Every job has a timeout and is killed with its whole process group, so a hang fails the
 test instead of stalling the suite. Under mpiexec these tests skip: they start their own jobs.
@@ -14,18 +17,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mpi4py import MPI
 
-from _jobs import run_job
-
-ROOT = Path(__file__).resolve().parents[1]
-CHECKS = ROOT / "tests" / "_device_sim_checks.py"
-# A 4-rank simulator run takes about 25 s on the 2-core development machine; the limit is
-# for a hang, and stays under pytest's own 300 s per test.
-JOB_TIMEOUT_S = 240
+from _jobs import ROOT, run_job
 
 pytestmark = [
     pytest.mark.skipif(MPI.COMM_WORLD.Get_size() > 1,
@@ -38,39 +34,15 @@ def child_env(simulator, **extra):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     for name in ("NUMBA_ENABLE_CUDASIM", "RINGREDUCE_CUDA_AWARE"):
         env.pop(name, None)
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    env["NUMBA_ENABLE_CUDASIM"] = "1" if simulator else "0"
     env.update(extra)
     return env
 
 
-def run(cmd, env, timeout=JOB_TIMEOUT_S):
+def run(cmd, env, timeout=120):
     """``_jobs.run_job`` in the checkout: (returncode, stdout + stderr)."""
     rc, out, err = run_job(cmd, env=env, timeout=timeout)
     return rc, out + err
-
-
-def run_checks(ranks, simulator, expect_aware=None, timeout=JOB_TIMEOUT_S, **env):
-    cmd = ["mpiexec", "-n", str(ranks), sys.executable, str(CHECKS)]
-    if expect_aware is not None:
-        cmd += ["--expect-aware", str(int(expect_aware))]
-    rc, out = run(cmd, child_env(simulator, **env), timeout)
-    assert rc == 0, out[-8000:]
-    summary = re.search(r"device checks: (\d+) of (\d+) passed on (\d+) ranks", out)
-    assert summary, out[-4000:]
-    passed, total, ranks_seen = map(int, summary.groups())
-    assert passed == total > 0 and ranks_seen == ranks, summary.group(0)
-    return out
-
-
-@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
-def test_device_allreduce_under_the_simulator(ranks):
-    run_checks(ranks, simulator=True, expect_aware=False)
-
-
-def test_cuda_aware_transport_under_the_simulator():
-    # 3 ranks: an odd count, so the folding steps of rhd and doubling run too.
-    run_checks(3, simulator=True, expect_aware=True, RINGREDUCE_CUDA_AWARE="1")
 
 
 def real_gpu_present():
@@ -91,12 +63,16 @@ HAVE_GPU = real_gpu_present()
 
 @pytest.mark.gpu
 @pytest.mark.timeout(1200)
-@pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU; the simulator runs check the "
-                                         "same code paths without one")
+@pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU; the collective runs test the same "
+                                         "cases in the CUDA simulator without one")
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_device_allreduce_on_the_gpu(ranks):
+def test_collective_device_cases_on_the_gpu(ranks):
     # Ranks share the GPU. The first run compiles every kernel on every rank: allow for it.
-    run_checks(ranks, simulator=False, timeout=900)
+    cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "pytest", "-q", "--with-mpi",
+           "-p", "no:cacheprovider", "tests/collective", "-k", "device or same_choices"]
+    rc, out = run(cmd, child_env(False), timeout=900)
+    assert rc == 0, out[-8000:]
+    assert re.search(r"\d+ passed", out) and " failed" not in out, out[-4000:]
 
 
 NO_NUMBA_CUDA = """
@@ -124,7 +100,7 @@ print("refused politely")
 
 
 def test_without_numba_cuda_the_host_path_works_and_device_arrays_are_refused():
-    rc, out = run([sys.executable, "-c", NO_NUMBA_CUDA], child_env(False), timeout=120)
+    rc, out = run([sys.executable, "-c", NO_NUMBA_CUDA], child_env(False))
     assert rc == 0 and "refused politely" in out, out[-4000:]
 
 
@@ -134,18 +110,18 @@ def test_importing_and_host_allreduce_do_not_load_numba_cuda():
             "rr.allreduce(np.ones(3)); rr.grouped_allreduce([np.ones(2), np.ones(3)])\n"
             "assert 'numba.cuda' not in sys.modules, 'numba.cuda was imported'\n"
             "print('host only')\n")
-    rc, out = run([sys.executable, "-c", code], child_env(False), timeout=120)
+    rc, out = run([sys.executable, "-c", code], child_env(False))
     assert rc == 0 and "host only" in out, out[-4000:]
 
 
 def test_gpu_benchmark_script_runs_under_the_simulator():
     """benchmarks/gpu.py is what a GPU machine runs, often once and offline: its checks, its
     tables and its allreduce jobs at 2 and 4 ranks must work before it gets there."""
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--size-mib", "0.01",
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--size-mib", "0.01",
            "--check-n", "300", "--blocks", "2", "--threads", "32", "--warmup", "1",
            "--repeat", "2", "--allreduce-ranks", "2", "4", "--allreduce-sizes-mib", "0.001",
            "0.004", "--allreduce-repeat", "2", "--seed", "1"]
-    rc, out = run(cmd, child_env(True))
+    rc, out = run(cmd, child_env(True), timeout=240)
     assert rc == 0, out[-8000:]
     checks = re.search(r"all (\d+) checks passed", out)
     assert checks and int(checks.group(1)) > 50, out[-4000:]
