@@ -1,6 +1,10 @@
 """Guard rails, triggered for real in small MPI jobs: stalls, a rank that raises, bad or
 differing configuration, and the timeline surviving a crash. Every job runs with a timeout,
-so a hang fails the test instead of stalling the suite."""
+so a hang fails the test instead of stalling the suite.
+
+The coordinator's rules (when a stall warning or shutdown is due, what it says, mismatched
+metadata) are unit-tested with a fake clock in tests/unit/test_coordinator.py; the stall jobs
+here only show the wiring, with thresholds of a fraction of a second."""
 import json
 import os
 import shutil
@@ -48,10 +52,10 @@ def test_stall_warning_names_missing_rank_and_tensor(tmp_path):
         rank = MPI.COMM_WORLD.Get_rank()
         rr.init()
         if rank == 1:
-            time.sleep(3.5)
+            time.sleep(1.5)  # three stall-check periods
         h = rr.allreduce_async(np.ones(4), name="layer1.weight.grad")
         print(f"rank {rank} result {h.wait(timeout=60)[0]}", flush=True)
-    """, env={"RINGREDUCE_STALL_CHECK_SECONDS": "1"})
+    """, env={"RINGREDUCE_STALL_CHECK_SECONDS": "0.5"})
     assert rc == 0, out
     assert "stall warning" in out and "ranks [1] have not submitted 'layer1.weight.grad'" in out
     assert "rank 0 result 2.0" in out and "rank 1 result 2.0" in out
@@ -72,8 +76,8 @@ def test_stall_shutdown_errors_every_waiting_rank_and_ends_job(tmp_path):
             print(f"rank {rank} StallError: {exc}", flush=True)
             time.sleep(1)
             raise
-    """, n=3, env={"RINGREDUCE_STALL_CHECK_SECONDS": "1",
-                   "RINGREDUCE_STALL_SHUTDOWN_SECONDS": "2"})
+    """, n=3, env={"RINGREDUCE_STALL_CHECK_SECONDS": "0.5",
+                   "RINGREDUCE_STALL_SHUTDOWN_SECONDS": "1"})
     assert rc != 0, out
     assert seconds < 60, f"took {seconds:.0f} s"
     for r in (0, 2):
