@@ -3,10 +3,13 @@
     python tests/run.py              # 1 rank, then 2, 3, 4 and 5 ranks
     python tests/run.py --ranks 2 4  # choose the rank counts for the mpiexec runs
 
-Every file runs at 1 rank with plain pytest. Files under tests/collective/ hold tests that
-every rank runs together, so they also run under ``mpiexec -n N`` for each N. Each run has a
-wall-clock limit, so a hang fails the suite instead of stalling it. Extra arguments after
-``--`` go to every pytest run (for example ``-- -x -k ring``).
+The 1-rank run is the whole suite with plain pytest: tests/unit (pure tests), tests/collective
+(tests every rank runs together) and tests/jobs (tests that start their own mpiexec jobs or
+processes, skipped under mpiexec). The collective tests also run under ``mpiexec -n N`` for
+each N, over every kind of memory: tests/conftest.py switches on Numba's CUDA simulator in
+every process unless NUMBA_ENABLE_CUDASIM is set (``NUMBA_ENABLE_CUDASIM=0`` for a real GPU).
+Each run has a wall-clock limit, so a hang fails the suite instead of stalling it. Extra
+arguments after ``--`` go to every pytest run (for example ``-- -x -k ring``).
 """
 import argparse
 import os
