@@ -69,9 +69,14 @@ OPTIM_TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-13}
 # ---------------------------------------------------------------------------------------
 # Checks
 
+def is_float(dtype):
+    """float16/32/64 and bfloat16 (whose numpy kind, through ml_dtypes, is "V")."""
+    return dtype.kind == "f" or dtype == f64.BFLOAT16
+
+
 def reduce_operands(op, dtype, n, rng):
     """Random (a, b) for which ``a op b`` cannot overflow; NaNs placed for min/max."""
-    if dtype.kind == "f":
+    if is_float(dtype):
         a = rng.standard_normal(n) * 4
         b = rng.standard_normal(n) * 4
         if op in ("min", "max") and n >= 100:
@@ -89,7 +94,7 @@ def reduce_operands(op, dtype, n, rng):
 def mismatch(out, expected):
     """None when equal (NaN equal to NaN), else a short description."""
     same = (out == expected) | (np.isnan(out) & np.isnan(expected)
-                                if out.dtype.kind == "f" else False)
+                                if is_float(out.dtype) else False)
     if same.all():
         return None
     bad = np.flatnonzero(~same)
@@ -137,7 +142,7 @@ def run_checks(n, rng):
             ck.reduce_kernel(op, dtype)(dst, src)
             record(f"reduce {op} {dtype}", mismatch(dst.copy_to_host(), f64.reduce(op, a, b))
                    or mismatch(src.copy_to_host(), b))
-        if dtype.kind == "f":
+        if is_float(dtype):
             a = (rng.standard_normal(n) * 100).astype(dtype)
             expected = (a.astype(np.float64) / 3).astype(dtype)
         else:

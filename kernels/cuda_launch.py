@@ -19,6 +19,8 @@ import functools
 
 import numpy as np
 
+from .half import BITS, FORMATS, element_functions
+
 try:
     from numba import cuda as numba_cuda
 except ImportError:  # numba-cuda not installed: the module still imports, nothing launches
@@ -117,3 +119,26 @@ def check_dtype(dtype, allowed, what):
         raise TypeError(f"{what}: unsupported dtype {dtype}; expected one of "
                         f"{', '.join(str(d) for d in allowed)}")
     return dtype
+
+
+def as_bits_vector(x, name, dtype, size=None):
+    """The uint16 view of a 1-D contiguous device array of half-precision ``dtype`` (bfloat16
+    or float16), given as that dtype or as its bits in a 16-bit integer array (as torch hands
+    over a bfloat16 tensor, which ``__cuda_array_interface__`` cannot describe)."""
+    x = as_vector(x, name, size=size)
+    if x.dtype not in (dtype, BITS, np.dtype(np.int16)):
+        raise TypeError(f"{name}: expected dtype {dtype} (or its bits as uint16 or int16), got "
+                        f"{x.dtype}")
+    return x if x.dtype == BITS else x.view(BITS)
+
+
+@functools.lru_cache(maxsize=None)
+def half_elements():
+    """``half.element_functions`` compiled as CUDA device functions (same source as the
+    CPU kernels', so the same bits), keyed by (what, "bf16" | "fp16")."""
+    return element_functions(numba_cuda.jit(device=True))
+
+
+def half_format(dtype):
+    """"bf16" / "fp16" for a half-precision dtype, None for any other."""
+    return FORMATS.get(np.dtype(dtype))

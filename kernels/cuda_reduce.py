@@ -1,29 +1,34 @@
-"""CUDA reductions ``(dst, src)`` and the op="avg" scaling ``(dst, divisor)``.
+"""CUDA reductions ``(dst, src)``, the op="avg" scaling ``(dst, divisor)`` and the gradient
+codecs ``(dst, src, scale)``.
 
 The same shapes as the CPU kernels in ``cpu.py``: a reduction kernel computes ``dst op= src``
 and is chosen once per allreduce call by :func:`reduce_kernel`; :func:`scale_kernel` divides
-``dst`` by ``divisor`` (the number of ranks, for op="avg"). Both launchers also take
+``dst`` by ``divisor`` (the number of ranks, for op="avg"); :func:`compress_kernel` and
+:func:`decompress_kernel` move float32 to bfloat16/float16 and back. Every launcher also takes
 ``stream=0``.
 
 Semantics match ``cpu.py``: min/max let a NaN in either operand win, like numpy's
 ``minimum``/``maximum``; integer sums and products wrap; avg on integers divides in float64
-and truncates toward zero, exactly as the CPU kernel does. float16 arithmetic runs natively
-on devices of compute capability 5.3 or newer (all ops; scaling divides in float32, which
-rounds to the same float16 as an exact division would).
+and truncates toward zero, exactly as the CPU kernel does. bfloat16 and float16 run as uint16
+bits through the element functions of ``half.py``, compiled here as device functions: float32
+arithmetic, one rounding to nearest even, NaNs chosen explicitly rather than by the hardware,
+so every bit equals the CPU kernels' (numba-cuda has no bfloat16, and its native float16
+would make its own NaNs). Arrays of those dtypes may also come as their uint16 or int16 bits.
 
-The two kernels are unrolled by hand, alike on purpose: see ``UNROLL``.
+The kernels are two templates unrolled by hand, alike on purpose: see ``UNROLL``.
 """
 import functools
 
 import numpy as np
 
-from .cuda_launch import (as_vector, check_dtype, launch_config, numba_cuda, require_cuda,
-                          vector_type)
+from .cuda_launch import (as_bits_vector, as_vector, check_dtype, half_elements, half_format,
+                          launch_config, numba_cuda, require_cuda, vector_type)
+from .half import BFLOAT16, BITS, check_scale
 
 OPS = ("sum", "min", "max", "prod")
 DTYPES = tuple(np.dtype(name) for name in (
     "float16", "float32", "float64",
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"))
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")) + (BFLOAT16,)
 
 # Elements each thread of the reduction and scaling kernels handles per loop trip (written out
 # by hand in those kernels, hence fixed). On an H200, 256 MiB float32, against the copy's
@@ -61,8 +66,11 @@ _COMBINE = {"sum": _sum, "prod": _prod, "min": _min, "max": _max}
 def _reduce_compiled(op, dtype):
     from numba import void
 
-    combine = numba_cuda.jit(device=True)(_COMBINE[op])
-    vec = vector_type(dtype)
+    fmt = half_format(dtype)
+    if fmt is None:
+        combine, vec = numba_cuda.jit(device=True)(_COMBINE[op]), vector_type(dtype)
+    else:
+        combine, vec = half_elements()[op, fmt], vector_type(BITS)
 
     @numba_cuda.jit(void(vec, vec))
     def kernel(dst, src):
@@ -96,6 +104,15 @@ def _reduce_compiled(op, dtype):
     return kernel
 
 
+def _vectors(dtype, dst, src):
+    """dst and src as the kernel's vectors (uint16 bits for the half types), same length."""
+    if half_format(dtype) is None:
+        dst = as_vector(dst, "dst", dtype)
+        return dst, as_vector(src, "src", dtype, dst.size)
+    dst = as_bits_vector(dst, "dst", dtype)
+    return dst, as_bits_vector(src, "src", dtype, dst.size)
+
+
 def reduce_kernel(op, dtype):
     """The ``(dst, src, stream=0)`` kernel computing ``dst op= src`` for ``op`` on ``dtype``.
 
@@ -108,8 +125,7 @@ def reduce_kernel(op, dtype):
     kernel = _reduce_compiled(op, dtype)
 
     def reduce(dst, src, stream=0):
-        dst = as_vector(dst, "dst", dtype)
-        src = as_vector(src, "src", dtype, dst.size)
+        dst, src = _vectors(dtype, dst, src)
         if dst.size:
             blocks, threads = launch_config(dst.size)
             kernel[blocks, threads, stream](dst, src)
@@ -119,16 +135,12 @@ def reduce_kernel(op, dtype):
 
 
 @functools.lru_cache(maxsize=None)
-def _scale_compiled(dtype):
-    from numba import float32, float64, void
+def _map_compiled(element, dst_type, src_type, arg_type):
+    """``dst[i] = element(src[i], arg)`` for every i; dst and src may be one array."""
+    from numba import void
 
-    # float16/float32 divide in float32 (both rounding steps together give the correctly
-    # rounded result); float64 and the integers divide in float64 like the CPU kernel,
-    # whose store then truncates integers toward zero.
-    divisor_type = float32 if dtype.itemsize <= 4 and dtype.kind == "f" else float64
-
-    @numba_cuda.jit(void(vector_type(dtype), divisor_type))
-    def kernel(dst, divisor):
+    @numba_cuda.jit(void(dst_type[::1], src_type[::1], arg_type))
+    def kernel(dst, src, arg):
         n = dst.size
         stride = numba_cuda.gridsize(1)
         i = numba_cuda.grid(1)
@@ -137,34 +149,100 @@ def _scale_compiled(dtype):
             i1 = i + stride
             i2 = i1 + stride
             i3 = i2 + stride
-            a0 = dst[i]
-            a1 = dst[i1]
-            a2 = dst[i2]
-            a3 = dst[i3]
-            dst[i] = a0 / divisor
-            dst[i1] = a1 / divisor
-            dst[i2] = a2 / divisor
-            dst[i3] = a3 / divisor
+            a0 = src[i]
+            a1 = src[i1]
+            a2 = src[i2]
+            a3 = src[i3]
+            dst[i] = element(a0, arg)
+            dst[i1] = element(a1, arg)
+            dst[i2] = element(a2, arg)
+            dst[i3] = element(a3, arg)
             i = i3 + stride
         while i < n:
-            dst[i] = dst[i] / divisor
+            dst[i] = element(src[i], arg)
             i += stride
 
-    return kernel, divisor_type
+    return kernel
+
+
+def _divide(a, divisor):
+    return a / divisor
+
+
+@functools.lru_cache(maxsize=None)
+def _scale_compiled(dtype):
+    from numba import float32, float64, from_dtype
+
+    fmt = half_format(dtype)
+    if fmt is not None:  # float32 division, one rounding: half.py's element
+        return _map_compiled(half_elements()["scale", fmt], from_dtype(BITS),
+                             from_dtype(BITS), float32), np.float32
+    # float32 divides in float32; float64 and the integers divide in float64 like the CPU
+    # kernel, whose store then truncates integers toward zero.
+    divisor_type = float32 if dtype == np.float32 else float64
+    element = numba_cuda.jit(device=True)(_divide)
+    return (_map_compiled(element, from_dtype(dtype), from_dtype(dtype), divisor_type),
+            np.float32 if divisor_type.bitwidth == 32 else np.float64)
 
 
 def scale_kernel(dtype):
     """The ``(dst, divisor, stream=0)`` kernel behind op="avg": ``dst /= divisor``."""
     dtype = check_dtype(dtype, DTYPES, "scale_kernel")
     require_cuda()
-    kernel, divisor_type = _scale_compiled(dtype)
-    cast = np.float32 if divisor_type.bitwidth == 32 else np.float64
+    kernel, cast = _scale_compiled(dtype)
+    half = half_format(dtype) is not None
 
     def scale(dst, divisor, stream=0):
-        dst = as_vector(dst, "dst", dtype)
+        dst = as_bits_vector(dst, "dst", dtype) if half else as_vector(dst, "dst", dtype)
         if dst.size:
             blocks, threads = launch_config(dst.size)
-            kernel[blocks, threads, stream](dst, cast(divisor))
+            kernel[blocks, threads, stream](dst, dst, cast(divisor))
 
     scale.__name__ = f"cuda_scale_{dtype}"
     return scale
+
+
+def _codec(what, wire_dtype):
+    fmt = half_format(wire_dtype)
+    if fmt is None:
+        raise TypeError(f"{what}_kernel: expected bfloat16 or float16, got "
+                        f"{np.dtype(wire_dtype)}")
+    require_cuda()
+    from numba import float32, uint16
+
+    bits, wide = (uint16, float32) if what == "compress" else (float32, uint16)
+    return np.dtype(wire_dtype), _map_compiled(half_elements()[what, fmt], bits, wide, float32)
+
+
+def compress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0, stream=0)`` kernel: float32 ``src`` -> ``round(src *
+    scale)`` in ``wire_dtype``; the CPU twin's rules (``cpu.compress_kernel``)."""
+    wire, kernel = _codec("compress", wire_dtype)
+
+    def compress(dst, src, scale=1.0, stream=0):
+        dst = as_bits_vector(dst, "dst", wire)
+        src = as_vector(src, "src", np.dtype(np.float32), dst.size)
+        scale = check_scale(scale)
+        if dst.size:
+            blocks, threads = launch_config(dst.size)
+            kernel[blocks, threads, stream](dst, src, scale)
+
+    compress.__name__ = f"cuda_compress_{wire}"
+    return compress
+
+
+def decompress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0, stream=0)`` kernel: ``wire_dtype`` ``src`` -> float32
+    ``src * scale``; the CPU twin's rules (``cpu.decompress_kernel``)."""
+    wire, kernel = _codec("decompress", wire_dtype)
+
+    def decompress(dst, src, scale=1.0, stream=0):
+        src = as_bits_vector(src, "src", wire)
+        dst = as_vector(dst, "dst", np.dtype(np.float32), src.size)
+        scale = check_scale(scale)
+        if dst.size:
+            blocks, threads = launch_config(dst.size)
+            kernel[blocks, threads, stream](dst, src, scale)
+
+    decompress.__name__ = f"cuda_decompress_{wire}"
+    return decompress

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ringreduce.kernels import cpu, cuda as ck, optim, reference as f64
+from ringreduce.kernels.half import BFLOAT16
 
 try:
     from numba import cuda
@@ -26,7 +27,7 @@ FORCED_BLOCKS, FORCED_THREADS = 2, 32
 # 0 and 1: edge cases; 7, 31: below one grid; 97, 211: the loop wraps; 389, 613 (primes):
 # several unrolled trips plus a remainder.
 LENGTHS = (0, 1, 7, 31, 97, 211, 389, 613)
-FLOATS = [d for d in ck.DTYPES if d.kind == "f"]
+FLOATS = [d for d in ck.DTYPES if d.kind == "f" or d == BFLOAT16]
 INTS = [d for d in ck.DTYPES if d.kind in "iu"]
 
 
@@ -44,7 +45,7 @@ def rng_for(*key):
 
 def operands(op, dtype, n, rng):
     """Random (a, b) of ``dtype`` for which ``a op b`` cannot overflow (numpy warns there)."""
-    if dtype.kind == "f":
+    if dtype in FLOATS:
         a = rng.standard_normal(n) * 4
         b = rng.standard_normal(n) * 4
         if n >= 7 and op in ("min", "max"):
@@ -83,7 +84,7 @@ def test_reduce_matches_reference_and_cpu(op, dtype, n):
 @pytest.mark.parametrize("divisor", (3, 7))
 def test_scale_matches_reference_and_cpu(dtype, n, divisor):
     rng = rng_for("scale", dtype, n, divisor)
-    if dtype.kind == "f":
+    if dtype in FLOATS:
         a = (rng.standard_normal(n) * 100).astype(dtype)
         expected = (a.astype(np.float64) / divisor).astype(dtype)
     else:

@@ -1,4 +1,5 @@
-"""The CUDA kernels, checked in child processes by tests/_cuda_sim_checks.py.
+"""The CUDA kernels, checked in child processes by tests/_cuda_sim_checks.py and (bfloat16,
+float16, the gradient codecs) tests/_cuda_half_checks.py.
 
 Numba decides between the CUDA simulator and the real driver when it is first imported
 (NUMBA_ENABLE_CUDASIM), and this process may already hold it either way, so each run of the
@@ -13,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "tests" / "_cuda_sim_checks.py"
+HALF_CHECKS = ROOT / "tests" / "_cuda_half_checks.py"
 
 
 def run_python(args, simulator, timeout):
@@ -24,10 +26,10 @@ def run_python(args, simulator, timeout):
                           text=True, timeout=timeout)
 
 
-def run_checks(simulator):
+def run_checks(simulator, checks=CHECKS):
     # --noconftest: the checks need no MPI fixtures, and a child of an mpiexec rank must not
     # start MPI again.
-    result = run_python(["-m", "pytest", str(CHECKS), "-q", "-p", "no:cacheprovider",
+    result = run_python(["-m", "pytest", str(checks), "-q", "-p", "no:cacheprovider",
                          "--noconftest"], simulator, timeout=280)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return result.stdout
@@ -47,16 +49,18 @@ def real_gpu_present():
 HAVE_GPU = real_gpu_present()
 
 
-def test_kernels_under_the_cuda_simulator():
-    out = run_checks(simulator=True)
+@pytest.mark.parametrize("checks", (CHECKS, HALF_CHECKS), ids=("kernels", "half"))
+def test_kernels_under_the_cuda_simulator(checks):
+    out = run_checks(simulator=True, checks=checks)
     assert " passed" in out and "skipped" not in out, out[-2000:]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_GPU, reason="needs a CUDA GPU; the simulator run checks the same "
                                          "kernels without one")
-def test_kernels_on_the_gpu():
-    out = run_checks(simulator=False)
+@pytest.mark.parametrize("checks", (CHECKS, HALF_CHECKS), ids=("kernels", "half"))
+def test_kernels_on_the_gpu(checks):
+    out = run_checks(simulator=False, checks=checks)
     assert " passed" in out and "skipped" not in out, out[-2000:]
 
 
