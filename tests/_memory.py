@@ -19,7 +19,10 @@ import functools
 import numpy as np
 from mpi4py import MPI
 
-from ringreduce.core.tables import DTYPES
+from ringreduce.core.tables import DTYPES, bfloat16
+
+# Every dtype the collectives take: numpy's numeric ones and bfloat16 (ml_dtypes).
+ALL_DTYPES = DTYPES + (bfloat16(),)
 from ringreduce.memory.device import DEVICE
 from ringreduce.memory.host import HOST
 
@@ -30,7 +33,7 @@ class Host:
     name = "host"
     backend = HOST
     algorithms = ("auto",) + HOST.algorithms
-    dtypes = DTYPES
+    dtypes = ALL_DTYPES
     # Elements per segment where a test crosses many segments on purpose.
     segment_elems = 3
 
@@ -57,7 +60,7 @@ class Device:
     algorithms = ("auto",) + DEVICE.algorithms
     # The CUDA kernels take every numeric dtype but complex (test_device.py checks this
     # against ringreduce.kernels.cuda.DTYPES).
-    dtypes = tuple(d for d in DTYPES if d.kind != "c")
+    dtypes = tuple(d for d in ALL_DTYPES if d.kind != "c")
     segment_elems = 8
 
     def __init__(self):
