@@ -20,11 +20,11 @@ import numpy as np
 from mpi4py import MPI
 
 from ringreduce.core.tables import DTYPES, bfloat16
+from ringreduce.memory.device import DEVICE
+from ringreduce.memory.host import HOST
 
 # Every dtype the collectives take: numpy's numeric ones and bfloat16 (ml_dtypes).
 ALL_DTYPES = DTYPES + (bfloat16(),)
-from ringreduce.memory.device import DEVICE
-from ringreduce.memory.host import HOST
 
 FORCED_GRID = (2, 4)  # blocks, threads per block
 
@@ -58,8 +58,8 @@ class Device:
     name = "device"
     backend = DEVICE
     algorithms = ("auto",) + DEVICE.algorithms
-    # The CUDA kernels take every numeric dtype but complex (test_device.py checks this
-    # against ringreduce.kernels.cuda.DTYPES).
+    # The CUDA kernels take every dtype but complex (test_device.py checks this against
+    # ringreduce.kernels.cuda.DTYPES).
     dtypes = tuple(d for d in ALL_DTYPES if d.kind != "c")
     segment_elems = 8
 
