@@ -211,10 +211,15 @@ def test_shapes_and_non_contiguous(memory, algorithm, comm):
     after = memory.get(parent)
     np.testing.assert_array_equal(after[:, 1::2], host_base[:, 1::2] / (RANK + 1) * tri)
     np.testing.assert_array_equal(after[:, 0::2], host_base[:, 0::2])
-    # a non-contiguous out
+    # a non-contiguous out, and one that leaves its neighbours alone
     out = memory.put(np.zeros((10, 6), np.float32)).T
     rr.allreduce(base, algorithm=algorithm, out=out, segment_bytes=seg)
     np.testing.assert_array_equal(memory.get(out), host_base / (RANK + 1) * tri)
+    target_base = memory.put(np.full((6, 20), -7, np.float32))
+    rr.allreduce(base, algorithm=algorithm, out=target_base[:, 1::2], segment_bytes=seg)
+    after = memory.get(target_base)
+    np.testing.assert_array_equal(after[:, 1::2], host_base / (RANK + 1) * tri)
+    np.testing.assert_array_equal(after[:, ::2], np.full((6, 10), -7, np.float32))
 
 
 def test_array_like_inputs(comm):
