@@ -18,9 +18,25 @@ two.
 Arithmetic is done in the parameters' dtype (float32 or float64), as PyTorch does: scalar
 hyperparameters are rounded to that dtype once per call, and Adam's bias corrections are
 computed in float64 first, like PyTorch's Python-float scalars.
+
+Half-precision gradients (mixed precision: bfloat16 or float16 gradients, float32 master
+weights and optimizer state): :func:`sgd_update` and :func:`adam_update` dispatch on the
+gradient's dtype. A bfloat16/float16 gradient, or its uint16 bits with ``grad_dtype=``, is
+widened to float32 by ``half.py``'s decompress kernel a block of ``HALF_BLOCK`` elements at a
+time, into a buffer that stays in cache, and each block is stepped by the full-precision
+kernel: one pass over memory, and by construction the bits of the full-precision step on
+``grad.astype(float32)``. The blocks are driven from Python, not from a kernel, so that no
+cached kernel inlines another file's element functions (``cache=True`` would not notice
+those change).
 """
 import math
+
+import numpy as np
 from numba import njit
+
+from .half import BITS, DECOMPRESS, grad_format
+
+_ONE = np.float32(1.0)
 
 
 def sgd_element(p, g, b, lr, momentum, weight_decay, nesterov, grad_scale):
@@ -72,9 +88,56 @@ _sgd_element = njit(inline="always")(sgd_element)
 _adam_element = njit(inline="always")(adam_element)
 _adam_scalars = njit(adam_scalars)
 
+# Elements widened per block: 64 KiB of float32, which stays in the L2 cache between being
+# written and read, and is below glibc's 128 KiB mmap threshold, so the buffer costs a plain
+# malloc. Long enough that the two kernel calls a block (~1 us each) are small beside it.
+HALF_BLOCK = 16384
+
+
+def sgd_update(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, grad_scale,
+               *, grad_dtype=None):
+    """In place: one SGD step on 1-D contiguous float32/float64 ``param`` (see
+    :func:`sgd_kernel`); ``grad`` of param's dtype, or bfloat16/float16 (or their uint16 bits,
+    ``grad_dtype`` naming the type), widened to float32 in the same pass."""
+    fmt = grad_format(grad, grad_dtype)
+    if fmt is None:
+        sgd_kernel(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, grad_scale)
+        return
+    for start, stop, wide in _widened(param, grad, fmt, "sgd_update"):
+        buf = momentum_buf[start:stop] if momentum != 0 else momentum_buf
+        sgd_kernel(param[start:stop], wide, buf, lr, momentum, weight_decay, nesterov,
+                   grad_scale)
+
+
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale, *,
+                grad_dtype=None):
+    """In place: one Adam step (see :func:`adam_kernel`); ``grad`` as in :func:`sgd_update`."""
+    fmt = grad_format(grad, grad_dtype)
+    if fmt is None:
+        adam_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale)
+        return
+    for start, stop, wide in _widened(param, grad, fmt, "adam_update"):
+        adam_kernel(param[start:stop], wide, m[start:stop], v[start:stop], lr, beta1, beta2,
+                    eps, weight_decay, step, grad_scale)
+
+
+def _widened(param, grad, fmt, what):
+    """(start, stop, float32 gradient block) over ``param``, each block widened from the half
+    gradient ``grad`` just before it is used."""
+    n = param.size
+    if grad.size != n:
+        raise ValueError(f"{what}: grad and param differ in length")
+    bits, widen = grad.view(BITS), DECOMPRESS[fmt]
+    block = np.empty(min(n, HALF_BLOCK), np.float32)
+    for start in range(0, n, HALF_BLOCK):
+        stop = min(start + HALF_BLOCK, n)
+        wide = block[:stop - start]
+        widen(wide, bits[start:stop], _ONE)
+        yield start, stop, wide
+
 
 @njit(nogil=True, cache=True)
-def sgd_update(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, grad_scale):
+def sgd_kernel(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, grad_scale):
     """In place: one SGD step on 1-D contiguous float32/float64 ``param``.
 
     g = grad * grad_scale + weight_decay * param; with momentum: buf = momentum * buf + g,
@@ -109,7 +172,7 @@ def sgd_update(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, 
 
 
 @njit(nogil=True, cache=True)
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale):
+def adam_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale):
     """In place: one Adam step (PyTorch semantics) on 1-D contiguous float32/float64 arrays.
 
     ``m`` and ``v`` start at zeros; ``step`` is the number of this step, counting from 1.

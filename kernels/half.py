@@ -342,3 +342,15 @@ def check_scale(scale):
         raise ValueError(f"scale must be a positive power of two (exact in float32), got "
                          f"{scale!r}")
     return np.float32(scale)
+
+
+def grad_format(grad, grad_dtype=None):
+    """The optimizers' gradient format: None for a full-precision gradient, "bf16" / "fp16"
+    for a bfloat16 / float16 one (of that dtype, or its 16-bit bits with ``grad_dtype``)."""
+    if grad_dtype is None:
+        return FORMATS.get(grad.dtype)
+    fmt = half_format(grad_dtype, "grad_dtype")
+    if grad.dtype.itemsize != 2:
+        raise TypeError(f"grad: expected the 16-bit bits of {np.dtype(grad_dtype)}, got "
+                        f"{grad.dtype}")
+    return fmt

@@ -10,7 +10,9 @@ special value, every exponent, and lengths that make the grid-stride loops wrap 
 import numpy as np
 import pytest
 
-from _cuda_sim_checks import ck, cpu, cuda, f64, rng_for, small_grid  # noqa: F401 (fixture)
+from _cuda_sim_checks import (ADAM_VARIANTS, SGD_VARIANTS, assert_close, ck, cpu, cuda, f64,
+                              optim, optim_data, rng_for)
+from _cuda_sim_checks import small_grid  # noqa: F401 (the autouse fixture: a small grid)
 from _half_data import other_operands, random_operands
 from ringreduce.kernels.half import BFLOAT16, FLOAT16
 
@@ -114,3 +116,56 @@ def test_half_kernels_refuse_bad_arguments():
         compress(wire, f32, 0.3)
     with pytest.raises(TypeError, match="src: expected dtype float32, got float64"):
         compress(wire, cuda.to_device(np.zeros(4)))
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizers with half-precision gradients and float32 master weights: against the CPU twins
+# and the float64 reference, within float32 tolerance (the CUDA compiler may fuse an FMA).
+
+@pytest.mark.parametrize("n", (0, 7, 613))
+@pytest.mark.parametrize("half", HALVES, ids=str)
+@pytest.mark.parametrize("variant", ("momentum", "grad_scale"))
+def test_sgd_with_half_gradients_matches_the_cpu_twin(variant, half, n):
+    hp = SGD_VARIANTS[variant]
+    param, grads = optim_data(n, np.float32, ("half-sgd", variant, half.name, n))
+    grads = [g.astype(half) for g in grads]
+    d_param, d_buf = cuda.to_device(param), cuda.to_device(np.zeros(n, np.float32))
+    h_param, h_buf = param.copy(), np.zeros(n, np.float32)
+    for k, grad in enumerate(grads):
+        # As the half dtype, and as its int16 bits naming the dtype (as torch hands bf16 over).
+        d_grad = cuda.to_device(grad) if k % 2 else cuda.to_device(grad.view(np.int16))
+        ck.sgd_update(d_param, d_grad, d_buf, **hp, grad_dtype=None if k % 2 else half)
+        optim.sgd_update(h_param, grad, h_buf, *hp.values())
+    out = d_param.copy_to_host()
+    assert_close(out, h_param, np.float32)
+    assert_close(out, f64.sgd(param, grads, **hp)[0], np.float32)
+    assert_close(d_buf.copy_to_host(), h_buf, np.float32)
+
+
+@pytest.mark.parametrize("n", (0, 7, 613))
+@pytest.mark.parametrize("half", HALVES, ids=str)
+def test_adam_with_half_gradients_matches_the_cpu_twin(half, n):
+    hp = ADAM_VARIANTS["weight_decay"]
+    param, grads = optim_data(n, np.float32, ("half-adam", half.name, n))
+    grads = [g.astype(half) for g in grads]
+    device = [cuda.to_device(x) for x in (param, np.zeros(n, np.float32),
+                                          np.zeros(n, np.float32))]
+    host = [param.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)]
+    scalars = [hp[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay")]
+    for step, grad in enumerate(grads, start=1):
+        ck.adam_update(device[0], cuda.to_device(grad), *device[1:], *scalars, step,
+                       hp["grad_scale"])
+        optim.adam_update(host[0], grad, *host[1:], *scalars, step, hp["grad_scale"])
+    for d, h, ref in zip(device, host, f64.adam(param, grads, **hp)):
+        assert_close(d.copy_to_host(), h, np.float32)
+        assert_close(d.copy_to_host(), ref, np.float32)
+
+
+def test_half_gradients_refuse_a_float32_array_named_half():
+    p = cuda.to_device(np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match="grad: expected the 16-bit bits of float16"):
+        ck.sgd_update(p, p, p, 0.1, 0.0, 0.0, False, 1.0, grad_dtype=FLOAT16)
+    with pytest.raises(ValueError, match="grad: expected 5 elements, got 4"):
+        ck.adam_update(p, cuda.to_device(np.zeros(4, BFLOAT16)), p, p, 1e-3, 0.9, 0.999, 1e-8,
+                       0.0, 1, 1.0)
+
