@@ -98,7 +98,7 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
         fail_everywhere(c, exc)
     negotiate(c, sig, None, g.describe)
     mem, arrs = g.mem, g.arrs
-    outs = arrs if inplace else [mem.empty(mem.shape(a), mem.dtype(a)) for a in arrs]
+    outs = arrs if inplace else mem.results(c, [(mem.shape(a), mem.dtype(a)) for a in arrs])
     for dtype, members in bucket_plan(mem, arrs, g.cap, g.seg):
         reduce, scale = g.kernels[dtype]
         reduce_bucket(c, mem, [arrs[i] for i in members], [outs[i] for i in members],

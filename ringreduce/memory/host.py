@@ -6,6 +6,7 @@ import contextlib
 import numpy as np
 
 from ..core.tables import ALGORITHM_NAMES, check_op_dtype
+from .pool import ResultPool
 
 
 class HostBackend:
@@ -65,6 +66,15 @@ class HostBackend:
     @staticmethod
     def empty(shape, dtype):
         return np.empty(shape, dtype)
+
+    @staticmethod
+    def results(c, layout):
+        """New arrays of the given ``[(shape, dtype)]`` for an out-of-place grouped call, as
+        views into one block per dtype from ``c``'s result pool (``ResultPool``)."""
+        pool = c.state.results
+        if pool is None:
+            pool = c.state.results = ResultPool()
+        return pool.arrays(layout)
 
     @staticmethod
     def flat(a):

@@ -30,14 +30,15 @@ class CommState:
     - ``header``: the header pass's plan and buffers (``collectives/header.py``);
     - ``levels``: the node and leader communicators (``transport/topology.py``);
     - ``shm``: the shared-memory window and its node layout (``algorithms/shm.py``);
-    - ``fusion``: fusion buffers by ``(memory, dtype)`` (``memory/``);
+    - ``fusion``: fusion and compression buffers by ``(memory, purpose, dtype)`` (``memory/``);
+    - ``results``: the blocks of out-of-place grouped results (``memory/pool.py``);
     - ``device``: the device transport with its pinned staging buffers
       (``transport/device.py``).
     """
-    __slots__ = ("header", "levels", "shm", "fusion", "device")
+    __slots__ = ("header", "levels", "shm", "fusion", "results", "device")
 
     def __init__(self):
-        self.header = self.levels = self.shm = self.device = None
+        self.header = self.levels = self.shm = self.results = self.device = None
         self.fusion = {}
 
 
