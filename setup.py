@@ -13,7 +13,7 @@ setup(
     # top-level "kernels" module lands in site-packages.
     packages=["ringreduce"] + [f"ringreduce.{layer}" for layer in (
         "core", "memory", "transport", "algorithms", "collectives", "engine", "training",
-        "modes", "launch", "perf", "elastic")] + ["ringreduce.kernels"],
+        "modes", "launch", "perf", "elastic", "torch")] + ["ringreduce.kernels"],
     package_dir={"ringreduce": "ringreduce", "ringreduce.kernels": "kernels"},
     package_data={"ringreduce": ["data/*.npz"]},
     # ml-dtypes: numpy's bfloat16.
@@ -28,6 +28,9 @@ setup(
         "cuda": ["numba-cuda"],
         "test": ["pytest>=7", "pytest-mpi", "pytest-timeout", "numba-cuda"],
         "train": ["tqdm", "matplotlib"],
+        # ringreduce.torch (the torch.distributed backend, the DDP hook, horovod.torch's API);
+        # torchvision only for benchmarks/torch_ddp.py's ResNet-18.
+        "torch": ["torch>=2.1", "torchvision"],
     },
     entry_points={"console_scripts": ["ringreduce-run=ringreduce.launch.run:main"]},
 )

@@ -38,7 +38,7 @@ from ..collectives.moves import allgather, barrier, broadcast, reduce_scatter
 from ..config import check_agreement
 from ..transport.comm import PoliteComm
 from .tensors import flat_view, op_name, view
-from .work import Executor
+from .work import Executor, warm_up
 
 BACKEND = "ringreduce"
 
@@ -325,6 +325,7 @@ def create(opts, backend_options=None):
     """The backend's creator for ``register_backend(..., extended_api=True)``."""
     ranks = list(opts.global_ranks_in_group)
     world = MPI.COMM_WORLD
+    warm_up()
     if not ranks or ranks == list(range(world.Get_size())):
         if not ranks:
             _agree_on_ranks(opts)

@@ -24,6 +24,7 @@ from ..engine.api import allreduce_async as _allreduce_async
 from ..engine.api import init as _init
 from ..transport import topology
 from .tensors import view
+from .work import warm_up
 
 # Horovod's op constants (the same values as horovod.torch's).
 Average, Sum, Adasum, Min, Max, Product = 0, 1, 2, 3, 4, 5
@@ -42,6 +43,7 @@ def init(comm=None, process_sets=None):
         raise ValueError("ringreduce.torch.init serves MPI_COMM_WORLD only (no comm= sub-"
                          f"communicators or process sets), got comm={comm!r}, "
                          f"process_sets={process_sets!r}")
+    warm_up()
     _init()
     _initialized = True
 

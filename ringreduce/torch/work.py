@@ -171,3 +171,28 @@ class Completer:
 
 
 COMPLETER = Completer()
+
+
+_warming = []
+
+
+def warm_up():
+    """Load the CPU reduction kernels (Numba: its import and the compiled kernels' cache) on
+    a background thread, once per process, while the caller builds its model: the first
+    allreduce would otherwise pay for it inside the first training step, the bulk of the
+    difference in start-up from gloo (docs/benchmarks.md, "PyTorch")."""
+    if _warming:
+        return
+
+    def load():
+        import numpy as np
+
+        from ..memory.host import HOST
+        for dtype in (np.float32, np.float64):
+            reduce, scale = HOST.kernels("avg", np.dtype(dtype))
+            a = np.ones(4, dtype)
+            reduce(a, a)
+            scale(a, 2)
+    t = threading.Thread(target=load, name="ringreduce-warm-up", daemon=True)
+    _warming.append(t)
+    t.start()
