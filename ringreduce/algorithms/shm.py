@@ -66,11 +66,9 @@ import time
 
 import numpy as np
 from mpi4py import MPI
-from numba import njit
 
 from ..config import get_config
 from ..core.schedule import chunk_bounds
-from ..kernels.cpu import nb_max, nb_min, nb_prod, nb_sum
 from ..transport import fault
 from ..transport.comm import Comm, on_reset
 from ..transport.tags import TAG_WATCH
@@ -117,39 +115,6 @@ atexit.register(_free_all)  # after mpi4py's own handler (imported above), so it
 # After a lost rank (ringreduce.elastic) the windows' node may hold a dead rank: never free
 # them collectively at exit, just forget them.
 on_reset.append(_live.clear)
-
-
-# The first step of a slice's fold, ``out = x0 op x1``, in one pass instead of a copy and a
-# reduce: the same arithmetic as copying x0 and applying the library's ``dst op= src``
-# kernel, so the same bits (NaN included for min and max), one pass over the slice fewer.
-# Kernels without a fused twin (numpy's, for float16) take the copy and the reduce.
-@njit(nogil=True, cache=True)
-def _sum_first(out, a, b):
-    for i in range(out.size):
-        out[i] = a[i] + b[i]
-
-
-@njit(nogil=True, cache=True)
-def _prod_first(out, a, b):
-    for i in range(out.size):
-        out[i] = a[i] * b[i]
-
-
-@njit(nogil=True, cache=True)
-def _min_first(out, a, b):
-    for i in range(out.size):
-        x, y = a[i], b[i]
-        out[i] = y if (y < x or y != y) else x
-
-
-@njit(nogil=True, cache=True)
-def _max_first(out, a, b):
-    for i in range(out.size):
-        x, y = a[i], b[i]
-        out[i] = y if (y > x or y != y) else x
-
-
-_FIRST = {nb_sum: _sum_first, nb_prod: _prod_first, nb_min: _min_first, nb_max: _max_first}
 
 
 def _split_node(comm):
@@ -320,7 +285,8 @@ def shm(comm, sendbuf, recvbuf, reduce, segment_elems):
     slots, results = win.views(dtype)
     me = win.rank
     cross = st.cross
-    first = _FIRST.get(reduce)  # fused copy-and-reduce for the first two operands, if any
+    from ..kernels.fold import FIRST  # Numba, loaded at the first shm call
+    first = FIRST.get(reduce)  # fused copy-and-reduce for the first two operands, if any
     blocks = [(lo, min(lo + blk, n)) for lo in range(0, n, blk)]
     slices = {}
 
