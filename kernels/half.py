@@ -18,7 +18,8 @@ b.astype(float32)).astype(dtype)``, checked over all 65536 patterns of one opera
 (``tests/unit/test_half_kernels.py``). Where the float32 result is a NaN its bits are chosen,
 not left to the hardware: an operand's NaN (quietened by sum and prod, as x86 does; passed on
 unchanged by min and max, as numpy's ``minimum``/``maximum`` do), dst's before src's, else
-x86's default NaN ``0xFFC00000`` (inf - inf, 0 * inf). So a CUDA GPU, whose default NaN is
+x86's default NaN ``0xFFC00000`` (inf - inf, 0 * inf), each as the cast makes it; the choice
+is made on the 16-bit operands, which costs fewer instructions than on the float32 ones. So a CUDA GPU, whose default NaN is
 ``0x7FFFFFFF`` and whose operand order is the compiler's, gives the same bits (the twins in
 ``cuda_reduce.py`` compile these element functions). min and max follow numpy: dst wins when
 ``dst < src`` (``>`` for max) or dst is NaN, else src (so min(+0, -0) is -0, as in numpy).
@@ -55,9 +56,7 @@ _U = np.uint32
 _F = np.float32
 _ABS = _U(0x7FFFFFFF)
 _EXP = _U(0x7F800000)
-_QUIET = _U(0x00400000)      # float32's quiet bit, set by x86 on a NaN operand of + and *
-_NO_QUIET = _U(0)
-_DEFAULT_NAN = _U(0xFFC00000)  # what x86 makes of inf - inf and 0 * inf
+_LOW15 = _U(0x7FFF)
 _ONE = _U(1)
 _SHIFT13 = _U(13)
 _SHIFT16 = _U(16)
@@ -66,7 +65,7 @@ _BF16_NAN = _U(0x7FC0)
 _BF16_BIAS = _U(0x7FFF)
 _FP16_INF = _U(0x7C00)
 _FP16_PAYLOAD = _U(0x3FF)
-_FP16_LOW = _U(0x7FFF)
+_FP16_QUIET = _U(0x0200)
 _FP16_EXP = _U(0x0F800000)   # fp16's exponent field, shifted into float32's place
 _FP16_REBIAS = _U(112 << 23)  # float32's exponent bias 127 less fp16's 15
 _FP16_SUBNORMAL = _U(1 << 23)
@@ -95,7 +94,7 @@ def f32_to_bf16(u):
 
 def fp16_to_f32(h):
     """fp16 bits -> float32 (exact; inf and NaN keep their payload)."""
-    o = _U(_U(_U(h) & _FP16_LOW) << _SHIFT13)
+    o = _U(_U(_U(h) & _LOW15) << _SHIFT13)
     exponent = o & _FP16_EXP
     o = _U(o + _FP16_REBIAS)
     if exponent == _FP16_EXP:       # inf or NaN: float32's all-ones exponent
@@ -122,15 +121,15 @@ def f32_to_fp16(u):
     return np.uint16(sign | _U(_U(a - _FP16_REBIAS + _FP16_ROUND + odd) >> _SHIFT13))
 
 
-def settle_nan(x, y, r, quiet):
-    """The bits of ``r = x op y``; a NaN ``r`` is x's NaN (| quiet), else y's, else x86's."""
-    if r == r:
-        return _F(r).view(np.uint32)
-    if x != x:
-        return _F(x).view(np.uint32) | quiet
-    if y != y:
-        return _F(y).view(np.uint32) | quiet
-    return _DEFAULT_NAN
+def bf16_quiet(h):
+    """A bf16 NaN as an arithmetic result: ml_dtypes' canonical sign | 0x7FC0."""
+    return np.uint16((_U(h) & _SIGN16) | _BF16_NAN)
+
+
+def fp16_quiet(h):
+    """An fp16 NaN as an arithmetic result: its quiet bit set, the payload kept (what x86
+    does to the float32 NaN, and numpy's cast keeps)."""
+    return np.uint16(_U(h) | _FP16_QUIET)
 
 
 def f32_sum(x, y):
@@ -157,7 +156,12 @@ def scaled(x, s):
 
 OPS = ("sum", "min", "max", "prod")
 _OP_ELEMENTS = {"sum": f32_sum, "prod": f32_prod, "min": f32_min, "max": f32_max}
-_CODECS = {"bf16": (bf16_to_f32, f32_to_bf16), "fp16": (fp16_to_f32, f32_to_fp16)}
+# Per format: decode, encode, quieten a NaN operand, the bits above which a value is NaN (the
+# infinity's), and the result of an invalid operation (x86's default NaN 0xFFC00000, cast).
+_FORMAT_ELEMENTS = {
+    "bf16": (bf16_to_f32, f32_to_bf16, bf16_quiet, _U(0x7F80), np.uint16(0xFFC0)),
+    "fp16": (fp16_to_f32, f32_to_fp16, fp16_quiet, _U(0x7C00), np.uint16(0xFE00)),
+}
 
 
 def element_functions(jit):
@@ -165,38 +169,55 @@ def element_functions(jit):
     ``(op, fmt)``: combine(a, b) -> bits for op in OPS; ``("scale", fmt)``: (h, divisor) ->
     bits; ``("compress", fmt)``: (float32 x, scale) -> bits; ``("decompress", fmt)``: (h,
     scale) -> float32; ``("decode", fmt)``: h -> float32."""
-    settle = jit(settle_nan)
     scale_by = jit(scaled)
     out = {}
-    for fmt, (decode_py, encode_py) in _CODECS.items():
+    for fmt, (decode_py, encode_py, quiet_py, inf, invalid) in _FORMAT_ELEMENTS.items():
         decode, encode = jit(decode_py), jit(encode_py)
+        nan_of = jit(_nan_of(jit(quiet_py), inf, invalid))
         for op, element in _OP_ELEMENTS.items():
-            out[op, fmt] = jit(_combine(decode, encode, jit(element), settle,
-                                        _QUIET if op in ("sum", "prod") else None))
-        out["scale", fmt] = jit(_divide(decode, encode, settle))
+            if op in ("min", "max"):
+                out[op, fmt] = jit(_select(decode, encode, jit(element)))
+            else:
+                out[op, fmt] = jit(_arithmetic(decode, encode, jit(element), nan_of))
+        out["scale", fmt] = jit(_divide(decode, encode, nan_of))
         out["compress", fmt] = jit(_compress(encode, scale_by))
         out["decompress", fmt] = jit(_decompress(decode, scale_by))
         out["decode", fmt] = decode
     return out
 
 
-def _combine(decode, encode, element, settle, quiet):
-    if quiet is None:
-        # min and max return one of their operands, NaN included: nothing to settle.
-        def combine(a, b):
-            return encode(_F(element(decode(a), decode(b))).view(np.uint32))
-    else:
-        def combine(a, b):
-            x = decode(a)
-            y = decode(b)
-            return encode(settle(x, y, element(x, y), quiet))
+def _nan_of(quiet, inf, invalid):
+    def nan_of(a, b):
+        # The NaN of a NaN result, chosen on the 16-bit operands (cheaper than on float32):
+        # a's quietened, else b's, else the invalid operation's.
+        if (_U(a) & _LOW15) > inf:
+            return quiet(a)
+        if (_U(b) & _LOW15) > inf:
+            return quiet(b)
+        return invalid
+    return nan_of
+
+
+def _arithmetic(decode, encode, element, nan_of):
+    def combine(a, b):
+        u = _F(element(decode(a), decode(b))).view(np.uint32)
+        # The encoder's own NaN test, repeated: the compiler drops the encoder's copy.
+        return nan_of(a, b) if (u & _ABS) > _EXP else encode(u)
     return combine
 
 
-def _divide(decode, encode, settle):
+def _select(decode, encode, element):
+    # min and max return one of their operands, a NaN unquietened, as numpy's do; the
+    # encoding gives it the bits numpy's cast would.
+    def combine(a, b):
+        return encode(_F(element(decode(a), decode(b))).view(np.uint32))
+    return combine
+
+
+def _divide(decode, encode, nan_of):
     def divide(h, divisor):
-        x = decode(h)
-        return encode(settle(x, divisor, x / divisor, _QUIET))
+        u = _F(decode(h) / divisor).view(np.uint32)
+        return nan_of(h, h) if (u & _ABS) > _EXP else encode(u)
     return divide
 
 
