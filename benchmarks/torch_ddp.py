@@ -13,30 +13,33 @@ is taken from the first round; ``--rotate k`` shifts the order of the variants b
 jobs with k = 0, 1, 2 put each variant first once (torch's own first-use costs, the first
 forward pass and DDP's imports, are paid before any timing by an untimed local step).
 ``compute`` is the same step without any communication: what the others add to it is the
-communication they do not hide.
+communication they do not hide. ``--cold VARIANT`` runs one variant's first step alone in a
+fresh process and reports it from the script's first line, imports and all: what a user
+waits for (run it once per variant, several times).
 
 Prints a table per model with the ratios to gloo; ``--json FILE`` writes the numbers.
 gloo meets its peers through a TCP store on 127.0.0.1 (a port rank 0 picks), so this
 benchmark runs on one host.
 """
-import os
+import time
+
+START = time.perf_counter()  # --cold: the script's first line to the end of the first step
+
+import os  # noqa: E402
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
-import torch._dynamo  # noqa: E402,F401 - what DDP imports at first use: not timed
 import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from mpi4py import MPI  # noqa: E402
-
-import ringreduce.torch as hvd  # noqa: E402
 
 COMM = MPI.COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()
@@ -73,6 +76,8 @@ def run_variant(variant, model_name, steps):
     port = COMM.bcast(free_port() if RANK == 0 else None) if variant == "gloo" else None
     COMM.Barrier()
     t0 = time.perf_counter()
+    if variant in ("ringreduce", "hvd"):
+        import ringreduce.torch as hvd  # at the top of a real script; here, for --cold gloo
     if variant == "gloo":
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=RANK,
                                 world_size=P)
@@ -96,6 +101,8 @@ def run_variant(variant, model_name, steps):
         opt.step()
     step()
     startup = slowest(time.perf_counter() - t0)
+    if steps == 0:  # --cold
+        return startup, slowest(time.perf_counter() - START)
     step()
     times = []
     for _ in range(steps):
@@ -114,9 +121,22 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     ap.add_argument("--rotate", type=int, default=0, help="shift the variants' order by k")
+    ap.add_argument("--cold", choices=VARIANTS, metavar="VARIANT",
+                    help="only VARIANT's first step in this fresh process: prints the time from "
+                         "the script's first line (imports included) and from init")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.cold:
+        model_name = args.models.split(",")[0]
+        startup, launch = run_variant(args.cold, model_name, 0)
+        if RANK == 0:
+            print(json.dumps({"cold": args.cold, "model": model_name, "ranks": P,
+                              "launch_to_first_step_s": launch, "init_to_first_step_s": startup}),
+                  flush=True)
+        return
+    importlib.import_module("ringreduce.torch")  # as a script does, at the top
+    importlib.import_module("torch._dynamo")  # what DDP imports at first use: not timed
     k = args.rotate % len(VARIANTS)
     order = VARIANTS[k:] + VARIANTS[:k]
     results = {}

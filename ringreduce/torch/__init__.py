@@ -42,9 +42,12 @@ from .horovod import (Adasum, Average, Compression, Compressor, Handle, Max, Min
                       poll, rank, reducescatter, rocm_built, shutdown, size, synchronize)
 from .optimizer import DistributedOptimizer
 from .state import broadcast_optimizer_state, broadcast_parameters
+from .work import warm_up as _warm_up
 
 _rendezvous.install()
 _register()
+# The reduction kernels load while the script goes on to build its model and data.
+_warm_up()
 
 __all__ = [
     # the torch.distributed backend and the DDP hook

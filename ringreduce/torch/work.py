@@ -177,10 +177,11 @@ _warming = []
 
 
 def warm_up():
-    """Load the CPU reduction kernels (Numba: its import and the compiled kernels' cache) on
-    a background thread, once per process, while the caller builds its model: the first
-    allreduce would otherwise pay for it inside the first training step, the bulk of the
-    difference in start-up from gloo (docs/benchmarks.md, "PyTorch")."""
+    """Load the CPU reduction kernels (numba, ml_dtypes and the compiled kernels' cache: 1.5
+    to 3 s on the development machine) on a background thread, once per process, from
+    ``import ringreduce.torch`` on, while the script builds its model: the first allreduce
+    would otherwise pay for it inside the first training step (docs/benchmarks.md,
+    "PyTorch")."""
     if _warming:
         return
 
