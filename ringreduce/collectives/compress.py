@@ -35,6 +35,9 @@ from ..memory.host import HOST
 from .run import run_algorithm
 
 FP16_MAX = 65504.0
+# Elements per block of a compressed call: 4 MiB of float32, 2 MiB on the wire (this
+# machine's L2 per core is 2 MiB; see reduce_compressed).
+BLOCK = 1 << 20
 
 
 class Codec:
@@ -89,20 +92,34 @@ def _agreed_amax(c, mem, data):
 
 def reduce_compressed(c, mem, codec, algorithm, seg, src, dst, scale, residual=None):
     """Reduce the 1-D float32 ``src`` into ``dst`` through ``codec``'s wire type; ``scale``:
-    the avg kernel or None; ``residual``: error feedback, updated in place."""
+    the avg kernel or None; ``residual``: error feedback, updated in place.
+
+    The vector goes through in blocks of ``BLOCK`` elements, each compressed, reduced and
+    widened before the next, into one block-sized wire buffer: the 16-bit values the
+    algorithm sends and receives are still in cache when it starts and when they are
+    widened, instead of a whole-vector pass each way through memory. Every rank cuts the
+    same blocks, so "auto" chooses alike."""
     n = src.size
-    wire = mem.scratch(c, "wire", codec.wire, n)
     if residual is not None:
         add, _ = mem.kernels("sum", residual.dtype)
         add(residual, src)  # the input of this call is g + r
         src = residual
     s = fp16_scale(_agreed_amax(c, mem, src), c.size) if codec.scaled else 1.0
-    codec.compress(wire, src, s)
-    if residual is not None:
-        sent = mem.scratch(c, "feedback", residual.dtype, n)
-        codec.decompress(sent, wire, 1.0 / s)
-        mem.subtract(residual, sent)  # r = (g + r) - Q(g + r)
-    run_algorithm(c, mem, algorithm, wire, wire, codec.reduce, seg)
-    codec.decompress(dst, wire, 1.0 / s)
+    # Two wire buffers: out of place the ring receives its last step straight into the
+    # result (in place it costs a copy more: 1.76 against 1.11 ms for 2 MiB at 2 ranks).
+    wire = mem.scratch(c, "wire", codec.wire, min(n, BLOCK))
+    reduced = mem.scratch(c, "wire result", codec.wire, min(n, BLOCK))
+    sent = None if residual is None else mem.scratch(c, "feedback", residual.dtype,
+                                                     min(n, BLOCK))
+    for lo in range(0, n, BLOCK):
+        hi = min(n, lo + BLOCK)
+        w = wire[:hi - lo]
+        codec.compress(w, src[lo:hi], s)
+        if sent is not None:
+            codec.decompress(sent[:hi - lo], w, 1.0 / s)
+            mem.subtract(residual[lo:hi], sent[:hi - lo])  # r = (g + r) - Q(g + r)
+        out = reduced[:hi - lo]
+        run_algorithm(c, mem, algorithm, w, out, codec.reduce, seg)
+        codec.decompress(dst[lo:hi], out, 1.0 / s)
     if scale is not None:
         scale(dst, c.size)
