@@ -11,7 +11,7 @@ interleaved, on the same arrays, after a warm-up call that also compiles the Num
 
 Second table ("Half-precision kernels" in docs/benchmarks.md): ratios, each the median over
 ``--runs`` rounds of per-round medians, every variant of a round timed interleaved on the same
-arrays of random normal values:
+arrays of random normal values, each timed call with its arrays in cache:
 
 - time / float32's, same elements: the half ``sum`` kernel's time over the float32 Numba sum
   of as many elements (what a collective on half data saves or pays per element);
@@ -41,12 +41,14 @@ def parse_size(s):
 
 
 def interleaved(cases, repeat):
-    """Median seconds of each zero-argument callable, timed in turn ``repeat`` times."""
-    for f in cases.values():
-        f()
+    """Median seconds of each zero-argument callable, timed in turn ``repeat`` times. Each
+    timed call follows an untimed one of the same callable, so that every case is timed with
+    its own arrays in cache, whatever the case before it evicted (an astype path's
+    temporaries evict a 1 MiB case's arrays, which would time its next call from memory)."""
     times = {name: [] for name in cases}
     for _ in range(repeat):
         for name, f in cases.items():
+            f()
             t0 = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - t0)
