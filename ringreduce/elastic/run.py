@@ -21,8 +21,17 @@ and go round again. Recovering (:func:`shrink_world`) is:
 
 A rank lost during a recovery raises RankFailedError there too and the recovery starts
 again on what is left. Without ULFM nothing here is ever reached: a lost rank ends the job.
+
+Exiting after a recovery: Open MPI 5.0.11's ``MPI_Finalize`` waits in a runtime fence over the
+whole original job, and with a rank lost that wait was seen to last for ever in about one run
+in twelve, a plain mpi4py program as well as this library (Shrink, an Allreduce, exit). So
+once a recovery has happened, the exit is guarded: a survivor still exiting
+:data:`FINALIZE_GRACE_S` seconds after its Python code ended is ended by SIGALRM (the job's
+status stays 0 under ``--with-ft ulfm``, as for the lost rank), instead of hanging the job.
 """
+import atexit
 import functools
+import signal
 import sys
 import time
 from collections import namedtuple
@@ -35,6 +44,23 @@ from ..errors import RankFailedError
 from ..transport import comm as _comm
 from ..transport import fault
 from .state import State
+
+FINALIZE_GRACE_S = 10  # MPI_Finalize takes well under a second when it does not hang
+_guarded = []
+
+
+def _guard_exit():
+    """Arm SIGALRM (default action: end the process) for the exit sequence."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(FINALIZE_GRACE_S)
+
+
+def guard_exit():
+    """After a recovery: make sure this process's exit cannot hang (module docstring)."""
+    if not _guarded:
+        _guarded.append(True)
+        atexit.register(_guard_exit)  # runs before the engine's and mpi4py's exit handlers
+
 
 Recovery = namedtuple("Recovery", "failed old_size size seconds")
 Recovery.__doc__ = """One recovery: the ``failed`` ranks (in the old world's numbering), the
@@ -56,6 +82,7 @@ def shrink_world():
         new.Set_errhandler(MPI.ERRORS_RETURN)
         ENGINE.reset()
         _comm.reset(new)
+        guard_exit()
         try:
             init(new)
         except RankFailedError:
