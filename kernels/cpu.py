@@ -21,8 +21,16 @@ on any rank shows in the result (MPI leaves this unspecified).
 import numpy as np
 from numba import njit
 
-from . import half
-from .half import FORMATS, as_bits, check_scale, half_format
+
+def _half():
+    """kernels.half, imported at the first half-precision call: it imports ml_dtypes, which
+    costs more than all the rest of a first small collective (about 1 s here)."""
+    from . import half
+    return half
+
+
+def _is_half(dtype):
+    return dtype == np.float16 or (dtype.kind == "V" and dtype.name == "bfloat16")
 
 __all__ = ["OPS", "NUMPY_FASTER", "compress_kernel", "decompress_kernel", "np_kernel",
            "reduce_kernel", "scale_kernel"]
@@ -104,7 +112,7 @@ def reduce_kernel(op, dtype, impl=None):
     impl = _impl(impl, (op, dtype.char) in NUMPY_FASTER)
     if impl == "numpy":
         return _NP[op]
-    if dtype in FORMATS:
+    if _is_half(dtype):
         return half_reduce_kernel(op, dtype)
     return _NUMBA[op]
 
@@ -126,7 +134,7 @@ def scale_kernel(dtype, impl=None):
     dtype = np.dtype(dtype)
     if _impl(impl, False) == "numpy":
         return _np_scale
-    return half_scale_kernel(dtype) if dtype in FORMATS else nb_scale
+    return half_scale_kernel(dtype) if _is_half(dtype) else nb_scale
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,10 +143,11 @@ def scale_kernel(dtype, impl=None):
 
 def half_reduce_kernel(op, dtype):
     """The ``(dst, src)`` kernel computing ``dst op= src`` on bfloat16 or float16 arrays."""
-    kernel = half.REDUCE[op, half_format(dtype, "reduce_kernel")]
+    half = _half()
+    kernel = half.REDUCE[op, half.half_format(dtype, "reduce_kernel")]
 
     def reduce(dst, src):
-        kernel(as_bits(dst, "dst"), as_bits(src, "src"))
+        kernel(half.as_bits(dst, "dst"), half.as_bits(src, "src"))
 
     reduce.__name__ = kernel.__name__
     return reduce
@@ -146,10 +155,11 @@ def half_reduce_kernel(op, dtype):
 
 def half_scale_kernel(dtype):
     """The ``(dst, divisor)`` kernel behind op="avg": divide in float32, round once."""
-    kernel = half.SCALE[half_format(dtype, "scale_kernel")]
+    half = _half()
+    kernel = half.SCALE[half.half_format(dtype, "scale_kernel")]
 
     def scale(dst, divisor):
-        kernel(as_bits(dst, "dst"), np.float32(divisor))
+        kernel(half.as_bits(dst, "dst"), np.float32(divisor))
 
     scale.__name__ = kernel.__name__
     return scale
@@ -158,32 +168,35 @@ def half_scale_kernel(dtype):
 def compress_kernel(wire_dtype):
     """The ``(dst, src, scale=1.0)`` kernel: float32 ``src`` -> ``round(src * scale)`` in
     ``wire_dtype`` (bfloat16 or float16; dst of that dtype or its uint16 bits)."""
-    kernel = half.COMPRESS[half_format(wire_dtype, "compress_kernel")]
-
-    def compress(dst, src, scale=1.0):
-        dst = as_bits(dst, "dst")
-        _check_float32_pair(src, dst, "src")
-        kernel(dst, src, check_scale(scale))
-
-    compress.__name__ = kernel.__name__
-    return compress
+    return _codec("compress", wire_dtype)
 
 
 def decompress_kernel(wire_dtype):
     """The ``(dst, src, scale=1.0)`` kernel: ``wire_dtype`` ``src`` -> float32 ``src *
     scale`` (pass ``1 / s`` to undo a compression by ``s``)."""
-    kernel = half.DECOMPRESS[half_format(wire_dtype, "decompress_kernel")]
-
-    def decompress(dst, src, scale=1.0):
-        src = as_bits(src, "src")
-        _check_float32_pair(dst, src, "dst")
-        kernel(dst, src, check_scale(scale))
-
-    decompress.__name__ = kernel.__name__
-    return decompress
+    return _codec("decompress", wire_dtype)
 
 
-def _check_float32_pair(wide, bits, what):
+def _codec(what, wire_dtype):
+    half = _half()
+    fmt = half.half_format(wire_dtype, f"{what}_kernel")
+    compress = what == "compress"
+    kernel = (half.COMPRESS if compress else half.DECOMPRESS)[fmt]
+
+    def codec(dst, src, scale=1.0):
+        if compress:
+            dst = half.as_bits(dst, "dst")
+            _check_float32(src, "src", dst)
+        else:
+            src = half.as_bits(src, "src")
+            _check_float32(dst, "dst", src)
+        kernel(dst, src, half.check_scale(scale))
+
+    codec.__name__ = kernel.__name__
+    return codec
+
+
+def _check_float32(wide, what, bits):
     if wide.dtype != np.float32:
         raise TypeError(f"{what}: expected float32, got {wide.dtype}")
     if wide.shape != bits.shape:

@@ -202,6 +202,18 @@ def scale_kernel(dtype):
     return scale
 
 
+def compress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0, stream=0)`` kernel: float32 ``src`` -> ``round(src *
+    scale)`` in ``wire_dtype``; the CPU twin's rules (``cpu.compress_kernel``)."""
+    return _codec("compress", wire_dtype)
+
+
+def decompress_kernel(wire_dtype):
+    """The ``(dst, src, scale=1.0, stream=0)`` kernel: ``wire_dtype`` ``src`` -> float32
+    ``src * scale``; the CPU twin's rules (``cpu.decompress_kernel``)."""
+    return _codec("decompress", wire_dtype)
+
+
 def _codec(what, wire_dtype):
     fmt = half_format(wire_dtype)
     if fmt is None:
@@ -210,39 +222,22 @@ def _codec(what, wire_dtype):
     require_cuda()
     from numba import float32, uint16
 
-    bits, wide = (uint16, float32) if what == "compress" else (float32, uint16)
-    return np.dtype(wire_dtype), _map_compiled(half_elements()[what, fmt], bits, wide, float32)
+    wire, f32 = np.dtype(wire_dtype), np.dtype(np.float32)
+    compress = what == "compress"
+    kernel = _map_compiled(half_elements()[what, fmt], *((uint16, float32) if compress
+                                                         else (float32, uint16)), float32)
 
-
-def compress_kernel(wire_dtype):
-    """The ``(dst, src, scale=1.0, stream=0)`` kernel: float32 ``src`` -> ``round(src *
-    scale)`` in ``wire_dtype``; the CPU twin's rules (``cpu.compress_kernel``)."""
-    wire, kernel = _codec("compress", wire_dtype)
-
-    def compress(dst, src, scale=1.0, stream=0):
-        dst = as_bits_vector(dst, "dst", wire)
-        src = as_vector(src, "src", np.dtype(np.float32), dst.size)
+    def codec(dst, src, scale=1.0, stream=0):
+        if compress:
+            dst = as_bits_vector(dst, "dst", wire)
+            src = as_vector(src, "src", f32, dst.size)
+        else:
+            src = as_bits_vector(src, "src", wire)
+            dst = as_vector(dst, "dst", f32, src.size)
         scale = check_scale(scale)
         if dst.size:
             blocks, threads = launch_config(dst.size)
             kernel[blocks, threads, stream](dst, src, scale)
 
-    compress.__name__ = f"cuda_compress_{wire}"
-    return compress
-
-
-def decompress_kernel(wire_dtype):
-    """The ``(dst, src, scale=1.0, stream=0)`` kernel: ``wire_dtype`` ``src`` -> float32
-    ``src * scale``; the CPU twin's rules (``cpu.decompress_kernel``)."""
-    wire, kernel = _codec("decompress", wire_dtype)
-
-    def decompress(dst, src, scale=1.0, stream=0):
-        src = as_bits_vector(src, "src", wire)
-        dst = as_vector(dst, "dst", np.dtype(np.float32), src.size)
-        scale = check_scale(scale)
-        if dst.size:
-            blocks, threads = launch_config(dst.size)
-            kernel[blocks, threads, stream](dst, src, scale)
-
-    decompress.__name__ = f"cuda_decompress_{wire}"
-    return decompress
+    codec.__name__ = f"cuda_{what}_{wire}"
+    return codec
