@@ -44,6 +44,9 @@ class DeviceBackend:
         if cu.cuda.devicearray.is_cuda_ndarray(x):
             return x
         if cu.sim:
+            # Read the interface first: an array that refuses it (PyTorch, for a tensor that
+            # requires grad) must report its own error, not the simulator's.
+            x.__cuda_array_interface__  # noqa: B018
             raise TypeError(f"{what}: the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) takes only "
                             f"its own device arrays, got {type(x).__name__}")
         return cu.cuda.as_cuda_array(x)

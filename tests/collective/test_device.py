@@ -73,12 +73,6 @@ class RefusingArray:
 
 
 def test_an_interface_that_raises_on_one_rank(device, request):
-    if device.simulator:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="library bug: under the simulator memory.device.DeviceBackend."
-            "view refuses any non-Numba array before reading its interface, so the "
-            "interface's own error ('requires grad') is replaced by 'the CUDA simulator takes "
-            "only its own device arrays'"))
     x = RefusingArray() if RANK == P - 1 else device.put(np.arange(5.0))
     with pytest.raises(RuntimeError if RANK == P - 1 else ValueError, match="requires grad"):
         rr.allreduce(x)
