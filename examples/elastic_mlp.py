@@ -26,7 +26,7 @@ from mpi4py import MPI
 import ringreduce as rr
 from ringreduce.training import SGD, Adam, DistributedSampler, GradSync, save_checkpoint
 
-from mlp import MLP, softmax_cross_entropy
+from mlp import MLP, evaluate_shard, softmax_cross_entropy
 
 NOT_WITH_ELASTIC = ("checkpoint_dir", "resume", "check_sync", "inject_nonfinite", "plot")
 
@@ -88,13 +88,8 @@ def train_elastic(args, sizes, dtype, x_train, y_train, x_test, y_test, data_nam
            "step_seconds": [], "accuracy_curve": []}
 
     def evaluate():
-        rank, world = rr.rank(), rr.size()
-        start, stop = (len(x_test) * rank) // world, (len(x_test) * (rank + 1)) // world
-        logits = model.forward(x_test[start:stop])
-        loss, _ = softmax_cross_entropy(logits, y_test[start:stop])
-        correct = float(np.sum(np.argmax(logits, axis=1) == y_test[start:stop]))
-        total = rr.allreduce(np.array([correct, loss]), "sum")
-        return total[0] / len(x_test), total[1] / len(x_test)
+        # rank and size are asked each time: they change when the world shrinks.
+        return evaluate_shard(model, x_test, y_test, rr.rank(), rr.size(), rr.allreduce)
 
     def commit():
         if kills.get((state.step, me)) == "commit":

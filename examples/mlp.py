@@ -126,3 +126,14 @@ def softmax_cross_entropy(logits, labels, scale=1.0):
     grad[rows, labels] -= 1
     grad *= scale
     return loss, grad.astype(logits.dtype, copy=False)
+
+
+def evaluate_shard(model, x, y, rank, world, allreduce):
+    """``(accuracy, mean loss)`` over ``(x, y)``, each of ``world`` ranks scoring a contiguous
+    shard: the correct count and the loss are summed with ``allreduce(array, "sum")``."""
+    start, stop = (len(x) * rank) // world, (len(x) * (rank + 1)) // world
+    logits = model.forward(x[start:stop])
+    loss, _ = softmax_cross_entropy(logits, y[start:stop])
+    correct = float(np.sum(np.argmax(logits, axis=1) == y[start:stop]))
+    total = allreduce(np.array([correct, loss]), "sum")
+    return total[0] / len(x), total[1] / len(x)

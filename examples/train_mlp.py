@@ -69,7 +69,7 @@ from ringreduce.training import (SGD, Adam, CheckpointError, DistributedSampler,
                                  load_checkpoint, save_checkpoint)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mlp import MLP, softmax_cross_entropy  # noqa: E402
+from mlp import MLP, evaluate_shard, softmax_cross_entropy  # noqa: E402
 
 
 def parse_args(argv):
@@ -467,12 +467,7 @@ def main(argv=None):
 
     def evaluate():
         # Each rank scores a contiguous shard of the test set; two numbers are summed.
-        start, stop = (len(x_test) * rank) // world, (len(x_test) * (rank + 1)) // world
-        logits = model.forward(x_test[start:stop])
-        loss, _ = softmax_cross_entropy(logits, y_test[start:stop])
-        correct = float(np.sum(np.argmax(logits, axis=1) == y_test[start:stop]))
-        total = rr.allreduce(np.array([correct, loss]), "sum")
-        return total[0] / len(x_test), total[1] / len(x_test)
+        return evaluate_shard(model, x_test, y_test, rank, world, rr.allreduce)
 
     def save(path):
         flush_losses()

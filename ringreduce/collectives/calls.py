@@ -1,12 +1,12 @@
 """What every collective checks before its header, the same way on every memory backend."""
 from ..config import get_config
+from ..core.tables import check_algorithm, check_op
 
 
 def resolve_algorithm(mem, op, algorithm):
     """Validate ``op`` and ``algorithm`` for memory ``mem``; return the algorithm to run, with
     "auto" replaced by ``RINGREDUCE_ALGORITHM`` when that is set (and ``mem`` can run it:
     the variable naming a host-only algorithm is meant for host arrays)."""
-    from ..core.tables import check_algorithm, check_op
     check_op(op)
     check_algorithm(algorithm)
     if algorithm == "auto":

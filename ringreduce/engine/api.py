@@ -44,9 +44,9 @@ def allreduce_async(x, op="sum", *, name=None, algorithm="auto", comm=None, out=
     e = Entry()
     e.name, e.mem, e.op, e.algorithm, e.seg = ch.entry_name(name), mem, op, algorithm, seg
     e.codec = codec
-    e.residual = None if residuals is None else mem.flatten(residuals[0])
-    if e.residual is not None and not mem.contiguous(residuals[0]):
+    if residuals is not None and not mem.contiguous(residuals[0]):
         raise ValueError("residual must be a contiguous array (it is updated in place)")
+    e.residual = None if residuals is None else mem.flat(residuals[0])
     # A non-contiguous x is copied now: the caller may not touch x, but its layout stays.
     e.flat_in = mem.flatten(arr)
     e.flat_out, e.write_back = output_buffer(mem, arr, e.flat_in, target, same, False)

@@ -17,6 +17,8 @@ parameter; here the parameter is an object):
 
 :func:`backend_of` picks the backend of one array, :func:`backend_of_group` that of a list.
 """
+import numpy as np
+
 from ..gpu import is_device_array
 from .device import DEVICE
 from .host import HOST
@@ -33,7 +35,6 @@ def backend_of(x):
 def backend_of_group(arrays):
     """The one backend of a list of arrays; TypeError for anything but a list or tuple, or for
     host and device arrays in one call."""
-    import numpy as np
     if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
         raise TypeError(f"grouped_allreduce takes a list or tuple of arrays, got "
                         f"{type(arrays).__name__}")

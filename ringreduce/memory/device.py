@@ -139,8 +139,8 @@ class DeviceBackend:
     @staticmethod
     def codec(wire):
         raise TypeError("compression of CUDA device arrays is not available: the device "
-                        "backend has no compress kernels; compress on the host, or pass "
-                        "bfloat16/float16 device arrays")
+                        "backend has no agreed-scale (amax) reduction or error-feedback step "
+                        "yet; compress on the host, or pass bfloat16/float16 device arrays")
 
     @staticmethod
     def pack(arrays, buffer, offsets):

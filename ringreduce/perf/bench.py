@@ -85,10 +85,6 @@ class Spec:
         self.dtype = parse_dtype(dtype) if dtype else None
 
 
-def parse_algorithm(text):
-    return Spec(text)
-
-
 def make_runner(spec, comm, x, out, op):
     if spec.name == "native":
         mpi_op = MPI_OPS.get(op, MPI.SUM)
@@ -179,8 +175,8 @@ def main(argv=None):
     ap.add_argument("-d", "--dtype", type=parse_dtype, default=np.dtype("float32"),
                     help="numpy dtype name, or bfloat16")
     ap.add_argument("-o", "--op", default="sum", choices=sorted(MPI_OPS))
-    ap.add_argument("-a", "--algorithms", type=parse_algorithm, nargs="+",
-                    default=[parse_algorithm(a) for a in ("native", "auto", "ring", "tree", "rhd", "doubling")],
+    ap.add_argument("-a", "--algorithms", type=Spec, nargs="+",
+                    default=[Spec(a) for a in ("native", "auto", "ring", "tree", "rhd", "doubling")],
                     help="native, auto, ring, tree, rhd, doubling; NAME:SEGMENT sets a segment size")
     ap.add_argument("-n", "--iters", type=int, default=None,
                     help="timed calls per size (default: 200 up to 64 KiB, 50 to 4 MiB, then 10)")
