@@ -8,6 +8,7 @@ uncaught exception; importing ringreduce installs the same behaviour for plain
 printed first, then ``MPI_Abort(COMM_WORLD, 1)`` ends every rank with a non-zero exit code.
 Uncaught exceptions in other threads do the same.
 """
+import io
 import sys
 import threading
 import time
@@ -27,11 +28,24 @@ def abort(code=1):
         except Exception:  # noqa: BLE001 - aborting anyway; the hook must not stop that
             pass
     if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+        _release_captured_stderr()
         sys.stdout.flush()
         sys.stderr.flush()
         # Give the launcher a moment to forward the traceback before it tears the job down.
         time.sleep(0.5)
         MPI.COMM_WORLD.Abort(code)
+
+
+def _release_captured_stderr():
+    """A wrapping excepthook may hold this rank's traceback in a buffer, to print once the hook
+    it wraps returns: ``torch.distributed.init_process_group`` installs one that captures
+    ``sys.stderr`` in a StringIO and prefixes ``[rankN]:``. The abort never returns, so the
+    buffer is written to the process's real stderr now, or the job would end saying nothing."""
+    err = sys.stderr
+    if isinstance(err, io.StringIO) and sys.__stderr__ is not None and err is not sys.__stderr__:
+        sys.__stderr__.write(err.getvalue())
+        err.seek(0)
+        err.truncate()
 
 
 def install():
