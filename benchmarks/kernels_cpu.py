@@ -5,8 +5,9 @@ the half-precision kernels (bfloat16, float16) against float32 and numpy/ml_dtyp
     python benchmarks/kernels_cpu.py --half-only --runs 5     # the half-precision table only
 
 First table: the median GB/s of each (bytes of dst read + src read + dst written over time)
-and which one is faster; ``kernels/cpu.py`` serves each case with the faster one
-(``NUMPY_FASTER``, and the float16 choice beside ``reduce_kernel``). Both are timed
+and which one is faster; ``kernels/cpu.py`` serves numpy's ufunc (no JIT at a process's first
+call) but where Numba's loop is reliably faster or numpy's bits depend on memory layout
+(``NUMBA_SERVES``). Both are timed
 interleaved, on the same arrays, after a warm-up call that also compiles the Numba kernel.
 
 Second table ("Half-precision kernels" in docs/benchmarks.md): ratios, each the median over
@@ -27,8 +28,8 @@ import time
 
 import numpy as np
 
-from ringreduce.kernels.cpu import (compress_kernel, decompress_kernel, nb_sum,
-                                    reduce_kernel)
+from ringreduce.kernels.cpu import compress_kernel, decompress_kernel, reduce_kernel
+from ringreduce.kernels.loops import nb_sum
 from ringreduce.kernels.half import BFLOAT16
 
 DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint32", "float32", "float64",

@@ -3,23 +3,26 @@
 Every kernel has the signature ``(dst, src) -> None`` and is picked once per allreduce call
 by :func:`reduce_kernel`; the algorithms never dispatch on the op again.
 
-Two implementations exist for each case, a Numba ``@njit(nogil=True)`` loop and numpy's own
-ufunc with ``out=dst``. Both release the GIL. Which one serves a case is decided by
-``benchmarks/kernels_cpu.py`` on the development machine (2-core x86-64, numpy 2.4, numba
-0.68); the figures behind each choice are in ``docs/benchmarks.md`` ("CPU reduction kernels").
+Two implementations exist for each case, numpy's own ufunc with ``out=dst`` and a Numba
+``@njit(nogil=True)`` loop (``loops.py``). Both release the GIL and both are memory-bound:
+``benchmarks/kernels_cpu.py`` found them within about 10% of each other in every case but
+integer ``prod``, where the Numba loop vectorises and numpy's does not (docs/benchmarks.md,
+"CPU reduction kernels"). So numpy serves every full-precision case but integer ``prod``: a
+process whose collectives numpy serves never imports Numba, whose import and first cached
+kernel cost about a second of the first collective. Every rank picks by the same table, so
+every rank computes the same bits.
 
 bfloat16 (``ml_dtypes.bfloat16``) and float16 have Numba kernels of their own in ``half.py``
 (Numba cannot compile either type's arithmetic on the CPU, so they work on the uint16 bits and
 compute in float32), served here by :func:`reduce_kernel` and :func:`scale_kernel` like every
-other dtype, and so do the gradient codecs :func:`compress_kernel` and
-:func:`decompress_kernel`. numpy's ufuncs (ml_dtypes' for bfloat16) remain as
-``impl="numpy"``.
+other dtype, 2.2-11x faster than numpy's float16 loop and ml_dtypes' ufuncs; so do the
+gradient codecs :func:`compress_kernel` and :func:`decompress_kernel`. numpy's ufuncs (ml_dtypes'
+for bfloat16) remain as ``impl="numpy"``.
 
 NaN handling follows numpy's ``minimum``/``maximum``: a NaN in either operand wins, so a NaN
 on any rank shows in the result (MPI leaves this unspecified).
 """
 import numpy as np
-from numba import njit
 
 
 def _half():
@@ -32,48 +35,11 @@ def _half():
 def _is_half(dtype):
     return dtype == np.float16 or (dtype.kind == "V" and dtype.name == "bfloat16")
 
-__all__ = ["OPS", "NUMPY_FASTER", "compress_kernel", "decompress_kernel", "np_kernel",
-           "reduce_kernel", "scale_kernel"]
+
+__all__ = ["OPS", "NUMBA_SERVES", "compress_kernel", "decompress_kernel", "first_kernel",
+           "np_kernel", "reduce_kernel", "scale_kernel"]
 
 OPS = ("sum", "min", "max", "prod")
-
-
-@njit(nogil=True, cache=True)
-def nb_sum(dst, src):
-    for i in range(dst.size):
-        dst[i] += src[i]
-
-
-@njit(nogil=True, cache=True)
-def nb_prod(dst, src):
-    for i in range(dst.size):
-        dst[i] *= src[i]
-
-
-@njit(nogil=True, cache=True)
-def nb_min(dst, src):
-    for i in range(dst.size):
-        s = src[i]
-        # "s != s" is true only for NaN: propagate it as numpy.minimum does.
-        if s < dst[i] or s != s:
-            dst[i] = s
-
-
-@njit(nogil=True, cache=True)
-def nb_max(dst, src):
-    for i in range(dst.size):
-        s = src[i]
-        if s > dst[i] or s != s:
-            dst[i] = s
-
-
-@njit(nogil=True, cache=True)
-def nb_scale(dst, divisor):
-    for i in range(dst.size):
-        dst[i] /= divisor
-
-
-_NUMBA = {"sum": nb_sum, "prod": nb_prod, "min": nb_min, "max": nb_max}
 _UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 
 
@@ -88,38 +54,63 @@ def np_kernel(op):
     return kernel
 
 
-_NP = {op: np_kernel(op) for op in OPS}
+def _np_first(op):
+    ufunc = _UFUNC[op]
 
-# Cases where numpy's ufunc beat the Numba loop in benchmarks/kernels_cpu.py (1 MiB and
-# 16 MiB arrays, median of 20): filled in from that table. Keys are (op, dtype.char).
-# float16 is not among them: its Numba kernel (half.py) against numpy's float16 loop, the
-# former fallback, GB/s numba / numpy (that table on the 2-core VM, quiet, median of 20):
-#   1 MiB:  sum 6.09 / 0.97, prod 6.27 / 0.91, min 5.96 / 1.92, max 6.23 / 2.79
-#   16 MiB: sum 6.30 / 1.02, prod 5.95 / 0.91, min 5.71 / 1.99, max 5.73 / 1.92
-# so Numba serves float16, 2.2-6.9x faster; bfloat16 too (6.6-11x over ml_dtypes' ufunc).
-NUMPY_FASTER = frozenset()
+    def first(out, a, b):
+        ufunc(a, b, out=out)
+
+    first.__name__ = "np_first_" + op
+    return first
+
+
+_NP = {op: np_kernel(op) for op in OPS}
+_NP_FIRST = {_NP[op]: _np_first(op) for op in OPS}
+
+# Full-precision cases the Numba loop serves, keys (op, dtype.char); numpy's ufunc serves the
+# rest. Integer prod, because the loop was reliably faster in benchmarks/kernels_cpu.py (1 MiB:
+# 98-109 GB/s against numpy's 78-80). Complex prod, because numpy's complex multiply rounds
+# differently depending on which of its inner loops runs (a SIMD one with fused multiply-adds,
+# or the scalar one), which depends on the arrays' layout: the shared-memory fold and a plain
+# fold of the same operands differed in the last bit; the Numba loop is one formula. The
+# complex avg scaling (a complex division) is the Numba loop's for the same reason.
+NUMBA_SERVES = frozenset([("prod", np.dtype(t).char) for t in (
+    "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+    "complex64", "complex128")])
 
 
 def reduce_kernel(op, dtype, impl=None):
     """The ``(dst, src)`` kernel for ``op`` on ``dtype``.
 
     ``impl`` forces "numba" or "numpy" (benchmarks and tests); by default the faster one
-    measured on this machine serves.
+    measured on this machine serves (the half-precision dtypes: always Numba's).
     """
     dtype = np.dtype(dtype)
-    if op not in _NUMBA:
+    if op not in _UFUNC:
         raise ValueError(f"unknown reduction op {op!r}; expected one of {', '.join(OPS)}")
-    impl = _impl(impl, (op, dtype.char) in NUMPY_FASTER)
+    impl = _impl(impl, _is_half(dtype) or (op, dtype.char) in NUMBA_SERVES)
     if impl == "numpy":
         return _NP[op]
     if _is_half(dtype):
         return half_reduce_kernel(op, dtype)
-    return _NUMBA[op]
+    from .loops import NUMBA
+    return NUMBA[op]
 
 
-def _impl(impl, numpy_faster):
+def first_kernel(kernel):
+    """The fused ``(out, a, b)``: ``out = a op b`` in one pass, for the ``(dst, src)`` kernel
+    ``kernel`` (the same bits as copying ``a`` to ``out`` and applying ``kernel``), or None
+    where there is none (the half-precision kernels): the shared-memory fold's first step."""
+    got = _NP_FIRST.get(kernel)
+    if got is None and kernel.__module__.endswith("loops"):
+        from .fold import FIRST
+        got = FIRST.get(kernel)
+    return got
+
+
+def _impl(impl, numba_faster):
     if impl is None:
-        return "numpy" if numpy_faster else "numba"
+        return "numba" if numba_faster else "numpy"
     if impl not in ("numba", "numpy"):
         raise ValueError(f"unknown kernel implementation {impl!r}; expected 'numba' or 'numpy'")
     return impl
@@ -132,9 +123,12 @@ def _np_scale(dst, divisor):
 def scale_kernel(dtype, impl=None):
     """The ``(dst, divisor)`` kernel behind op="avg": ``dst /= divisor`` in dst's dtype."""
     dtype = np.dtype(dtype)
-    if _impl(impl, False) == "numpy":
+    if _impl(impl, _is_half(dtype) or dtype.kind == "c") == "numpy":
         return _np_scale
-    return half_scale_kernel(dtype) if _is_half(dtype) else nb_scale
+    if _is_half(dtype):
+        return half_scale_kernel(dtype)
+    from .loops import nb_scale
+    return nb_scale
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 ``out = x0 op x1`` in one pass instead of a copy and a reduce: the same arithmetic as copying
 x0 and applying the library's ``dst op= src`` kernel, so the same bits (NaN included for min
-and max), one pass over the slice fewer. Kernels without a fused twin (the half-precision
-ones, numpy's) take the copy and the reduce. A module of its own so that importing the
-algorithms does not import Numba: shm loads it at its first call.
+and max), one pass over the slice fewer. These are the twins of the Numba loops; numpy's
+kernels have theirs in ``cpu.py`` (the ufunc with three operands), and the half-precision ones
+none (the fold copies, then reduces). ``cpu.first_kernel`` imports this module only for a Numba
+loop, so a fold that numpy serves never imports Numba.
 """
 from numba import njit
 
-from .cpu import nb_max, nb_min, nb_prod, nb_sum
+from .loops import nb_max, nb_min, nb_prod, nb_sum
 
 
 @njit(nogil=True, cache=True)

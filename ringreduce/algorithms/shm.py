@@ -285,8 +285,8 @@ def shm(comm, sendbuf, recvbuf, reduce, segment_elems):
     slots, results = win.views(dtype)
     me = win.rank
     cross = st.cross
-    from ..kernels.fold import FIRST  # Numba, loaded at the first shm call
-    first = FIRST.get(reduce)  # fused copy-and-reduce for the first two operands, if any
+    from ..kernels.cpu import first_kernel
+    first = first_kernel(reduce)  # fused copy-and-reduce for the first two operands, if any
     blocks = [(lo, min(lo + blk, n)) for lo in range(0, n, blk)]
     slices = {}
 
