@@ -5,11 +5,13 @@
 
 The public names load on first use (PEP 562): importing ringreduce does not import mpi4py,
 so tools such as the launcher (``ringreduce-run``) never initialise MPI in their own process.
-Importing it does install the abort-on-uncaught-exception hook (``engine/abort.py``).
+Importing it does install the abort-on-uncaught-exception hook (``engine/abort.py``), and sets
+``OMPI_MCA_osc=^ucx`` unless that is set (``config.quiet_open_mpi_osc``).
 This module is the facade only: nothing inside the package imports it.
 """
 import importlib
 
+from .config import quiet_open_mpi_osc as _quiet_open_mpi_osc
 from .engine.abort import install as _install_abort_hook
 
 __version__ = "0.1.0"
@@ -47,4 +49,5 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
+_quiet_open_mpi_osc()  # before anything imports mpi4py's MPI (config.py says why)
 _install_abort_hook()

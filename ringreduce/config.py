@@ -14,6 +14,7 @@ imported). Every ``RINGREDUCE_*`` variable is read in this module and nowhere el
 import math
 import numbers
 import os
+import sys
 from dataclasses import astuple, dataclass, fields
 
 from .core.tables import ALGORITHM_NAMES
@@ -128,6 +129,26 @@ def abort_on_exception(env=None):
     when one rank dies of an uncaught exception)."""
     env = os.environ if env is None else env
     return env.get("RINGREDUCE_ABORT_ON_EXCEPTION", "1") != "0"
+
+
+def quiet_open_mpi_osc(env=None):
+    """Keep Open MPI's UCX one-sided component from printing an error line at each window.
+
+    Open MPI 5 queries every ``osc`` component when a window is made; where UCX cannot start
+    (a machine without its devices, such as a laptop or this project's test VM), the UCX
+    component prints ``osc_ucx_component.c ... Error: OSC UCX component priority set inside
+    component query failed`` at every ``MPI_Win_allocate_shared`` of the ``shm`` algorithm,
+    though the window then works (the ``sm`` component serves it). So, before MPI starts,
+    ``OMPI_MCA_osc`` defaults to ``^ucx``: ringreduce's windows are node-local, which ``sm``
+    serves. A value the user set is left alone (``OMPI_MCA_osc=ucx,sm`` for programs of their
+    own that need UCX's RMA between nodes), and MPICH ignores the variable. It takes effect
+    only where mpi4py's MPI is not imported yet (``import ringreduce`` first, as the
+    examples do). Returns whether it set the variable."""
+    env = os.environ if env is None else env
+    if "OMPI_MCA_osc" in env or "mpi4py.MPI" in sys.modules:
+        return False
+    env["OMPI_MCA_osc"] = "^ucx"
+    return True
 
 
 _config = None
