@@ -17,11 +17,14 @@ collectives are ringreduce's own.
 Every call goes through ringreduce's header agreement on the group's own communicator, in
 call order (``work.py``), so a shape, dtype or op that differs between ranks, or one rank
 calling another collective, raises on every rank and the group stays usable. A tensor that
-cannot be served (BAND or PREMUL_SUM, bfloat16, sparse, a wrong output size) raises on the
-rank that has it, and the same call raises on every other rank, naming it.
+cannot be served (BAND or PREMUL_SUM, a bool tensor, sparse, a wrong output size) raises
+on the rank that has it, and the same call raises on every other rank, naming it.
 
-CPU tensors are reduced in their own memory (numpy views, no copies); CUDA tensors take the
-device path (Numba-CUDA kernels, CUDA-aware MPI or staging through pinned host buffers).
+CPU tensors are reduced in their own memory (numpy views, no copies; bfloat16 through its
+bits, ``tensors.py``); CUDA tensors take the device path (Numba-CUDA kernels, CUDA-aware MPI
+or staging through pinned host buffers). bfloat16 is reduced in bfloat16: each reduction
+step adds two bfloat16 values in float32 and rounds once to nearest-even.
+
 Point-to-point calls, ``all_to_all``, ``gather`` and ``scatter`` are not served.
 """
 import contextlib
