@@ -1,4 +1,4 @@
-"""ringreduce for PyTorch: a ``torch.distributed`` backend, a DDP communication hook, and
+"""ringreduce for PyTorch: a ``torch.distributed`` backend, DDP communication hooks, and
 horovod.torch's API.
 
     mpiexec -n 4 python train.py
@@ -9,7 +9,7 @@ horovod.torch's API.
     model = torch.nn.parallel.DistributedDataParallel(model)
 
     # or keep gloo as the process group and send only the gradient buckets through ringreduce
-    ddp.register_comm_hook(None, ringreduce.torch.allreduce_hook)
+    ddp.register_comm_hook(None, ringreduce.torch.allreduce_hook)  # or bf16_compress_hook
 
     # or, coming from Horovod, change one line
     import ringreduce.torch as hvd                # was: import horovod.torch as hvd
@@ -18,7 +18,8 @@ horovod.torch's API.
 
 Modules: ``backend.py`` (the process group), ``rendezvous.py`` (``init_process_group``
 without ``MASTER_ADDR``), ``work.py`` (ordering, futures), ``tensors.py`` (tensors as
-arrays), ``hook.py`` (the DDP hook), ``horovod.py`` and ``optimizer.py`` (horovod.torch).
+arrays), ``hook.py`` (the DDP hooks), ``horovod.py``, ``compression.py`` and ``optimizer.py``
+(horovod.torch).
 torch is an optional dependency: ``pip install "ringreduce[torch]"``.
 """
 try:
@@ -31,9 +32,10 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
 from . import rendezvous as _rendezvous
 from .backend import BACKEND, ProcessGroupRingReduce
 from .backend import register as _register
-from .hook import allreduce_hook
-from .horovod import (Adasum, Average, Compression, Compressor, Handle, Max, Min, Product,
-                      Sum, allgather, allgather_async, allgather_object, allreduce, allreduce_,
+from .compression import Compression, Compressor
+from .hook import allreduce_hook, bf16_compress_hook, fp16_compress_hook
+from .horovod import (Adasum, Average, Handle, Max, Min, Product, Sum, allgather,
+                      allgather_async, allgather_object, allreduce, allreduce_,
                       allreduce_async, allreduce_async_, broadcast, broadcast_,
                       broadcast_async, broadcast_async_, broadcast_object, ccl_built,
                       cuda_built, ddl_built, gloo_built, gloo_enabled, global_process_set,
@@ -50,8 +52,9 @@ _register()
 _warm_up()
 
 __all__ = [
-    # the torch.distributed backend and the DDP hook
-    "BACKEND", "ProcessGroupRingReduce", "allreduce_hook",
+    # the torch.distributed backend and the DDP hooks
+    "BACKEND", "ProcessGroupRingReduce", "allreduce_hook", "bf16_compress_hook",
+    "fp16_compress_hook",
     # horovod.torch
     "init", "shutdown", "is_initialized", "rank", "size", "local_rank", "local_size",
     "mpi_threads_supported", "mpi_built", "mpi_enabled", "gloo_built", "gloo_enabled",

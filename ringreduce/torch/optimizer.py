@@ -14,7 +14,9 @@ and writes the results back into ``p.grad``.
 
 Averaging: ``op=Average`` is ringreduce's ``avg`` (sum, then divide by the rank count);
 with ``gradient_predivide_factor=f`` the gradient is divided by f before the sum and
-multiplied by f / size after it, as Horovod does.
+multiplied by f / size after it, as Horovod does. ``compression=Compression.fp16`` or
+``.bf16``: float32 gradients take ringreduce's wire compression, others the cast
+(``compression.py``).
 """
 import contextlib
 import warnings
@@ -23,7 +25,8 @@ import torch
 
 from ..engine.api import allreduce_async as _allreduce_async
 from ..engine.api import init as _init
-from .horovod import Average, Compression, Sum, _check_process_set, op_of, size
+from .compression import Compression, split
+from .horovod import Average, Sum, _check_process_set, op_of, size
 from .tensors import view
 
 
@@ -96,18 +99,16 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                 "sparse_as_dense=True to reduce it as a dense tensor")
             p.grad = p.grad.to_dense()
         grad = p.grad.detach()
-        x, ctx = self._compression.compress(grad)
-        if self._op == Sum:
-            rop = "sum"
-        elif self._predivide == 1.0:
-            rop = "avg"
-        else:
-            rop = "sum"
+        rop = "avg" if self._op == Average and self._predivide == 1.0 else "sum"
+        wire, compression = split(self._compression, grad, rop)
+        x, ctx = compression.compress(grad)
+        if self._op == Average and self._predivide != 1.0:
             x = x / self._predivide  # a copy: the gradient itself is rewritten at the end
         if not x.is_contiguous():
             x = x.contiguous()
         v = view(x)
-        return _allreduce_async(v, rop, name=self._names[p], out=v), x, ctx
+        handle = _allreduce_async(v, rop, name=self._names[p], out=v, compression=wire)
+        return handle, x, ctx, compression
 
     # -- step ------------------------------------------------------------------------------
     def synchronize(self):
@@ -118,9 +119,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 self._handles[p] = self._submit(p)
         post = self._predivide / size() if self._op == Average and self._predivide != 1.0 else 1.0
         try:
-            for p, (handle, x, ctx) in self._handles.items():
+            for p, (handle, x, ctx, compression) in self._handles.items():
                 handle.wait()
-                result = self._compression.decompress(x, ctx)
+                result = compression.decompress(x, ctx)
                 if post != 1.0:
                     result = result * post
                 if result.data_ptr() != p.grad.data_ptr():
