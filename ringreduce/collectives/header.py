@@ -42,6 +42,7 @@ class HeaderState:
         self.bufs = (np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8),
                      np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
         self.headers = tuple(b[:_HEADER.size] for b in self.bufs)
+        self.heads = tuple(memoryview(b)[:_HEADER.size] for b in self.bufs)  # compared as bytes
         self.views = {}
 
     def payload(self, dtype, n):
@@ -72,18 +73,21 @@ def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     st = c.state.header
     if st is None:
         st = c.state.header = HeaderState(c)
-    bufs = st.bufs
+    bufs, heads = st.bufs, st.heads
     err = 0 if local_error is None else 1
     if err:
         sig, payload = 0, None
-    _HEADER.pack_into(bufs[0], 0, sig, -sig, err)
+    mine = _HEADER.pack(sig, -sig, err)
+    heads[0][:] = mine
     nbytes = 0
     msgs = st.headers
     if payload is not None:
         nbytes = payload.nbytes
         views, msgs = st.payload(payload.dtype, payload.size)
         views[0][...] = payload
-    agreed = (sig, -sig, 0)
+    # ``agreed``: every header seen so far equals this rank's own (the common case, checked as
+    # bytes); after the first difference the headers are combined field by field instead.
+    agreed = not err
     b = 0  # bufs[b] holds this rank's partial result, bufs[1 - b] what a partner sent
     for action, peer in st.plan:
         if action == "give" or action == "return":
@@ -91,26 +95,29 @@ def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
             continue
         if action == "take":
             c.recv(bufs[b], peer, TAG_FOLD)
+            agreed = agreed and heads[b] == mine
             continue
         if action == "exchange":
             c.sendrecv(msgs[b], peer, bufs[1 - b], peer, TAG_FOLD)
         else:  # absorb
             c.recv(bufs[1 - b], peer, TAG_FOLD)
-        s = _HEADER.unpack_from(bufs[b])
-        t = _HEADER.unpack_from(bufs[1 - b])
-        if s != t:  # combine: element-wise maximum
-            _HEADER.pack_into(bufs[b], 0, max(s[0], t[0]), max(s[1], t[1]), max(s[2], t[2]))
-        elif nbytes and s == agreed:
-            # Same signature on both sides so far: same count, dtype and op, so reduce the
-            # payloads, the lower rank's first so both partners compute the same bits.
-            if c.rank < peer:
-                reduce(views[b], views[1 - b])
-            else:
-                reduce(views[1 - b], views[b])
-                b = 1 - b  # the result is in the partner's buffer, with the same header
-    hi, nlo, err_any = _HEADER.unpack_from(bufs[b])
-    if hi != -nlo or err_any:
-        raise_everywhere(c, describe, local_error)
+        if agreed and heads[1 - b] == mine:
+            if nbytes:
+                # Same signature on both sides so far: same count, dtype and op, so reduce
+                # the payloads, the lower rank's first so both partners compute the same bits.
+                if c.rank < peer:
+                    reduce(views[b], views[1 - b])
+                else:
+                    reduce(views[1 - b], views[b])
+                    b = 1 - b  # the result is in the partner's buffer, with the same header
+            continue
+        agreed = False
+        s, t = _HEADER.unpack_from(bufs[b]), _HEADER.unpack_from(bufs[1 - b])
+        _HEADER.pack_into(bufs[b], 0, max(s[0], t[0]), max(s[1], t[1]), max(s[2], t[2]))
+    if not agreed:
+        hi, nlo, err_any = _HEADER.unpack_from(bufs[b])
+        if hi != -nlo or err_any:
+            raise_everywhere(c, describe, local_error)
     return None if payload is None else views[b]
 
 

@@ -327,3 +327,29 @@ def test_sub_communicator(memory, comm):
         assert np.all(memory.get(got) == sum(members))
     finally:
         sub.Free()
+
+
+def test_the_small_call_hot_path_keeps_every_guard(comm):
+    """A small host call repeats (its plan is cached, the hot path serves it), then one rank
+    changes its count, op or dtype, or passes a read-only array for in place, or a
+    non-contiguous one: every case still agrees, reduces or raises on every rank."""
+    for _ in range(3):
+        x = np.arange(5, dtype=np.float32) + RANK
+        assert np.array_equal(rr.allreduce(x), np.arange(5) * P + P * (P - 1) / 2)
+        y = x.copy()
+        assert rr.allreduce(y, "max", out=y) is y and np.array_equal(y, np.arange(5) + P - 1)
+        assert np.array_equal(rr.allreduce(x.reshape(1, 5), "avg"),
+                              ((np.arange(5) * P + P * (P - 1) / 2) / P).reshape(1, 5))
+    frozen = np.ones(5, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        rr.allreduce(frozen, out=frozen)
+    strided = np.ones(10, np.float32)[::2]
+    assert np.array_equal(rr.allreduce(strided), np.full(5, P))
+    if P > 1:
+        n = 6 if RANK == P - 1 else 5
+        with pytest.raises(rr.MismatchError, match="count"):
+            rr.allreduce(np.ones(n, np.float32))
+        with pytest.raises(rr.MismatchError, match="op"):
+            rr.allreduce(np.ones(5, np.float32), "min" if RANK == 0 else "sum")
+    assert np.array_equal(rr.allreduce(np.ones(5, np.float32)), np.full(5, P))
