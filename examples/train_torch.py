@@ -11,9 +11,15 @@ Other runs:
   mpiexec -n 2 python examples/train_torch.py --checkpoint-dir ckpt --max-steps 40
   mpiexec -n 2 python examples/train_torch.py --checkpoint-dir ckpt --resume   # goes on
   mpiexec -n 4 python examples/train_torch.py --metrics-out m.json --save-params p.pt
+  mpiexec -n 2 python examples/train_torch.py --dtype float32 --compression bf16
 
 --optimizer-wrapper: no DDP; horovod.torch's DistributedOptimizer (ringreduce.torch's) reduces
 each gradient as soon as backward has produced it, and step() waits for them.
+
+--compression bf16|fp16 (float32 models): the gradients cross the ranks as 16-bit values,
+through ringreduce's wire compression (one rounding per reduction step, fp16 scaled against
+overflow): DDP registers ringreduce.torch's bf16_compress_hook or fp16_compress_hook, the
+optimizer wrapper takes hvd.Compression.bf16 or .fp16.
 
 --batch-size is the global batch and must divide by the rank count: with equal slices, DDP's
 average of the ranks' mean gradients is the mean gradient of the whole batch, so N ranks train
@@ -57,6 +63,8 @@ def parse_args(argv):
     p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP's gradient bucket cap")
     p.add_argument("--optimizer-wrapper", action="store_true",
                    help="hvd.DistributedOptimizer instead of DistributedDataParallel")
+    p.add_argument("--compression", choices=("none", "fp16", "bf16"), default="none",
+                   help="send the gradients as 16-bit values (needs --dtype float32)")
     p.add_argument("--metrics-out", metavar="FILE.json")
     p.add_argument("--save-params", metavar="FILE.pt", help="final parameters (rank 0)")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="write DIR/ckpt.pt")
@@ -69,6 +77,9 @@ def parse_args(argv):
         p.error("--epochs and --batch-size must be >= 1, --max-steps >= 0")
     if args.resume and not args.checkpoint_dir:
         p.error("--resume needs --checkpoint-dir")
+    if args.compression != "none" and args.dtype != "float32":
+        p.error(f"--compression {args.compression} compresses float32 gradients; add "
+                "--dtype float32")
     return args
 
 
@@ -118,10 +129,13 @@ def main(argv=None):
     if args.optimizer_wrapper:
         hvd.init()
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                       compression=getattr(hvd.Compression, args.compression))
         net = model
     else:
         net = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=args.bucket_mb)
+        if args.compression != "none":
+            net.register_comm_hook(None, getattr(hvd, f"{args.compression}_compress_hook"))
     # Every rank reads the same global batch order; its slice is batch_size / world samples.
     sampler = DistributedSampler(len(x_train), args.batch_size, rank=rank, size=world,
                                  seed=args.seed, drop_last=True)
@@ -167,8 +181,9 @@ def main(argv=None):
 
     if master and not args.no_progress:
         how = "DistributedOptimizer" if args.optimizer_wrapper else "DDP"
+        wire = "" if args.compression == "none" else f", gradients sent as {args.compression}"
         print(f"digits(8x8): {len(x_train)} train / {len(x_test)} test, CNN {args.dtype}, "
-              f"{world} rank(s), {how} on ringreduce, global batch {args.batch_size}, "
+              f"{world} rank(s), {how} on ringreduce{wire}, global batch {args.batch_size}, "
               f"{steps_per_epoch} steps/epoch", flush=True)
     step_times, start = [], time.perf_counter()
     while global_step < total_steps and epoch < args.epochs:
@@ -181,7 +196,7 @@ def main(argv=None):
             opt.step()
             step_times.append(time.perf_counter() - t0)
             global_step, start_step = global_step + 1, step + 1
-            loss_curve.append(float(loss))  # this rank's slice (rank 0 reports it)
+            loss_curve.append(float(loss.detach()))  # this rank's slice (rank 0 reports it)
             if start_step == steps_per_epoch:
                 epoch, start_step = epoch + 1, 0
                 accuracy, test_loss = evaluate()
@@ -208,7 +223,8 @@ def main(argv=None):
         timed = step_times[1:]  # the first step sets up buckets and kernels
         with open(args.metrics_out, "w") as fh:
             json.dump({"ranks": world, "optimizer_wrapper": args.optimizer_wrapper,
-                       "dtype": args.dtype, "global_batch_size": args.batch_size,
+                       "dtype": args.dtype, "compression": args.compression,
+                       "global_batch_size": args.batch_size,
                        "steps": global_step, "epochs": epoch, "final_test_accuracy": accuracy,
                        "final_test_loss": test_loss, "test_accuracy_curve": accuracy_curve,
                        "loss_curve": loss_curve, "param_digest": digest,
