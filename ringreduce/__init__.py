@@ -5,13 +5,13 @@
 
 The public names load on first use (PEP 562): importing ringreduce does not import mpi4py,
 so tools such as the launcher (``ringreduce-run``) never initialise MPI in their own process.
-Importing it does install the abort-on-uncaught-exception hook (``engine/abort.py``), and sets
-``OMPI_MCA_osc=^ucx`` unless that is set (``config.quiet_open_mpi_osc``).
+Importing it does install the abort-on-uncaught-exception hook (``engine/abort.py``), and gives two
+Open MPI settings a default where they are unset (``config.open_mpi_defaults``).
 This module is the facade only: nothing inside the package imports it.
 """
 import importlib
 
-from .config import quiet_open_mpi_osc as _quiet_open_mpi_osc
+from .config import open_mpi_defaults as _open_mpi_defaults
 from .engine.abort import install as _install_abort_hook
 
 __version__ = "0.1.0"
@@ -49,5 +49,5 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-_quiet_open_mpi_osc()  # before anything imports mpi4py's MPI (config.py says why)
+_open_mpi_defaults()  # before anything imports mpi4py's MPI (config.py says why)
 _install_abort_hook()

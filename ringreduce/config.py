@@ -131,24 +131,36 @@ def abort_on_exception(env=None):
     return env.get("RINGREDUCE_ABORT_ON_EXCEPTION", "1") != "0"
 
 
-def quiet_open_mpi_osc(env=None):
-    """Keep Open MPI's UCX one-sided component from printing an error line at each window.
+# Open MPI settings ringreduce gives a default before MPI starts (see open_mpi_defaults).
+OPEN_MPI_DEFAULTS = {"OMPI_MCA_osc": "^ucx", "OMPI_MCA_btl_sm_eager_limit": "8192"}
 
-    Open MPI 5 queries every ``osc`` component when a window is made; where UCX cannot start
-    (a machine without its devices, such as a laptop or this project's test VM), the UCX
-    component prints ``osc_ucx_component.c ... Error: OSC UCX component priority set inside
-    component query failed`` at every ``MPI_Win_allocate_shared`` of the ``shm`` algorithm,
-    though the window then works (the ``sm`` component serves it). So, before MPI starts,
-    ``OMPI_MCA_osc`` defaults to ``^ucx``: ringreduce's windows are node-local, which ``sm``
-    serves. A value the user set is left alone (``OMPI_MCA_osc=ucx,sm`` for programs of their
-    own that need UCX's RMA between nodes), and MPICH ignores the variable. It takes effect
-    only where mpi4py's MPI is not imported yet (``import ringreduce`` first, as the
-    examples do). Returns whether it set the variable."""
+
+def open_mpi_defaults(env=None):
+    """Defaults for two Open MPI settings, each only where the user has not set it, and only
+    before MPI starts (mpi4py's MPI not yet imported: ``import ringreduce`` first, as the
+    examples do). MPICH ignores both. Returns the names it set.
+
+    - ``OMPI_MCA_osc=^ucx``: Open MPI 5 queries every one-sided component when a window is
+      made; where UCX cannot start (a machine without its devices, such as a laptop or this
+      project's test VM) the UCX component prints ``osc_ucx_component.c ... Error: OSC UCX
+      component priority set inside component query failed`` at every window of the ``shm``
+      algorithm, though the window then works. ringreduce's windows are node-local, which
+      the ``sm`` component serves. Programs of the user's own that need UCX's RMA between
+      nodes set the variable themselves (``OMPI_MCA_osc=ucx,sm``).
+    - ``OMPI_MCA_btl_sm_eager_limit=8192`` (Open MPI's default: 4096): a small allreduce's
+      payload rides in the header pass with 24 bytes of header, which pushed a 4 KiB payload
+      over the shared-memory transport's eager limit into its rendezvous protocol: 4.1 us
+      against 1.3 us for the exchange at 2 ranks here. 8 KiB keeps such messages eager and
+      leaves the rest of Open MPI's protocol (and its own MPI_Allreduce) as it was; a larger
+      limit changed how Open MPI's own allreduce cuts 16-64 KiB messages (docs/benchmarks.md,
+      "Open MPI")."""
     env = os.environ if env is None else env
-    if "OMPI_MCA_osc" in env or "mpi4py.MPI" in sys.modules:
-        return False
-    env["OMPI_MCA_osc"] = "^ucx"
-    return True
+    if "mpi4py.MPI" in sys.modules:
+        return []
+    done = [name for name in OPEN_MPI_DEFAULTS if name not in env]
+    for name in done:
+        env[name] = OPEN_MPI_DEFAULTS[name]
+    return done
 
 
 _config = None

@@ -1,6 +1,6 @@
 """A healthy run under Open MPI prints no error lines: the shm algorithm's shared-memory
 window, made with OMPI_MCA_osc unset, does not make Open MPI's UCX one-sided component
-complain (``config.quiet_open_mpi_osc``). Runs in the Open MPI environment of
+complain (``config.open_mpi_defaults``). Runs in the Open MPI environment of
 RINGREDUCE_TEST_OMPI_PYTHON (``.ci/run`` makes it); skips without it."""
 import os
 
