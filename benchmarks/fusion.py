@@ -6,8 +6,12 @@ Times, interleaved, median of ``--iters`` (each call: barrier, call, slowest ran
 - native per tensor: one ``MPI_Allreduce`` per gradient, what a naive loop does;
 - native concatenated: one ``MPI_Allreduce`` of all gradients already in one buffer (the
   lower bound for MPI, without the cost of packing);
-- ringreduce ``grouped_allreduce`` (inplace, as a training loop uses it) at each fusion cap;
-and prints each as a ratio to the two native figures. float32, op sum.
+- ringreduce ``grouped_allreduce`` (inplace, as a training loop uses it) at each fusion cap,
+  and out of place (new result arrays) at the first cap;
+- ringreduce's ring over the same bytes already concatenated (what fusion can approach);
+- one memcpy of all the bytes (the floor: no allreduce moves less);
+and prints each as a ratio to the two native figures and to the memcpy. float32, op sum.
+The first line names the MPI library.
 """
 import argparse
 import sys
@@ -16,7 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 import ringreduce as rr
-from ringreduce.perf.bench import parse_size, time_interleaved
+from ringreduce.perf.bench import mpi_library, parse_size, time_interleaved
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from shapes import count, resnet50, transformer  # noqa: E402
@@ -53,9 +57,21 @@ def main():
             rr.grouped_allreduce(work, inplace=True, fusion_threshold=cap)
         return run
 
+    def out_of_place():
+        rr.grouped_allreduce(work, fusion_threshold=args.caps[0])
+
+    def ring_concatenated():
+        rr.allreduce(flat, algorithm="ring", out=flat_out)
+
+    def memcpy():
+        np.copyto(flat_out, flat)
+
     runs = {"native per tensor": per_tensor, "native concatenated": concatenated}
     for cap in args.caps:
         runs[f"grouped cap {cap >> 20} MiB"] = grouped(cap)
+    runs[f"out of place, cap {args.caps[0] >> 20} MiB"] = out_of_place
+    runs["ring concatenated"] = ring_concatenated
+    runs["memcpy"] = memcpy
     rr.init()
     med = time_interleaved(comm, runs, args.iters, args.warmup)
     # correctness of the last grouped run: compare with the native result on the same data
@@ -66,19 +82,21 @@ def main():
     if rank == 0:
         nbytes = count(shapes) * 4
         title = (f"{args.model}: {len(shapes)} tensors, {count(shapes):,} float32 "
-                 f"({nbytes / 2**20:.1f} MiB), {p} ranks, iters {args.iters}")
+                 f"({nbytes / 2**20:.1f} MiB), {p} ranks, {mpi_library()}, iters {args.iters}")
         print(title)
-        print(f"{'':28} {'time (ms)':>10} {'/ per tensor':>13} {'/ concatenated':>15}")
+        print(f"{'':28} {'time (ms)':>10} {'/ per tensor':>13} {'/ concatenated':>15} "
+              f"{'/ memcpy':>9}")
         lines = []
         for k, t in med.items():
-            a, b = t / med["native per tensor"], t / med["native concatenated"]
-            print(f"{k:28} {t * 1e3:>10.2f} {a:>13.2f} {b:>15.2f}")
-            lines.append(f"| {k} | {t * 1e3:.2f} | {a:.2f} | {b:.2f} |")
+            a, b, m = (t / med["native per tensor"], t / med["native concatenated"],
+                       t / med["memcpy"])
+            print(f"{k:28} {t * 1e3:>10.2f} {a:>13.2f} {b:>15.2f} {m:>9.2f}")
+            lines.append(f"| {k} | {t * 1e3:.2f} | {a:.2f} | {b:.2f} | {m:.2f} |")
         print(f"max relative difference grouped vs native per tensor: {worst:.2e}")
         if args.markdown:
             with open(args.markdown, "a") as f:
                 f.write(f"\n{title}\n\n| run | time (ms) | / native per tensor | "
-                        f"/ native concatenated |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n")
+                        f"/ native concatenated | / memcpy |\n|---|---:|---:|---:|---:|\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ is taken after it, from agreed values. A call's plan (kernels, signature, whethe
 the header) depends only on (memory, shape, dtype, op, algorithm, segment_bytes) and is
 computed once per such key: small calls are dominated by per-call Python work.
 """
-from numpy import ndarray
+from numpy import may_share_memory, ndarray
 
 from ..config import segment_size
 from ..core.choose import rides_in_header
@@ -91,9 +91,9 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     raise the same type naming it. Either way the library stays usable.
     """
     c = get_comm(comm)
-    if type(x) is ndarray and compression is None and (out is None or out is x):
+    if type(x) is ndarray and compression is None:
         plan = _SMALL.get((x.shape, x.dtype, op, algorithm, segment_bytes))
-        if plan is not None and x.flags.c_contiguous and (out is None or x.flags.writeable):
+        if plan is not None and x.flags.c_contiguous and (out is None or _plain_out(x, out)):
             return _small(c, x, out, plan, algorithm, segment_bytes)
     mem = HOST if type(x) is ndarray else backend_of(x)  # the common case without a call
     try:
@@ -122,10 +122,21 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     return flat_out.reshape(mem.shape(arr)) if target is None else out
 
 
+def _plain_out(x, out):
+    """Whether ``out`` is ``x`` itself or a numpy array of x's shape and dtype, contiguous and
+    writeable, that shares no memory with ``x`` (both contiguous: bounds decide)."""
+    if out is x:
+        return x.flags.writeable
+    return (type(out) is ndarray and out.shape == x.shape and out.dtype == x.dtype
+            and out.flags.c_contiguous and out.flags.writeable
+            and not may_share_memory(x, out))
+
+
 def _small(c, x, out, plan, algorithm, segment_bytes):
-    """A host call whose plan rides in the header, on a contiguous array, into a new array or
-    in place (writeable): the general body's steps with nothing left to decide (the plan was
-    validated when it was made), since such calls are dominated by per-call Python work."""
+    """A host call whose plan rides in the header, on a contiguous array, into a new array,
+    in place, or into a plain ``out`` (``_plain_out``): the general body's steps with nothing
+    left to decide (the plan was validated when it was made), since such calls are dominated
+    by per-call Python work."""
     op, _, reduce, scale, _, _, sig, _ = plan
     flat = x.reshape(-1)
     reduced = negotiate(c, sig, None, lambda: _Call(HOST, x, op, algorithm, out, segment_bytes,
@@ -133,6 +144,7 @@ def _small(c, x, out, plan, algorithm, segment_bytes):
     if out is None:
         flat = reduced.copy()
     else:
+        flat = out.reshape(-1)
         flat[...] = reduced
     if scale is not None and x.size:
         scale(flat, c.size)

@@ -85,6 +85,12 @@ class Spec:
         self.dtype = parse_dtype(dtype) if dtype else None
 
 
+def mpi_library():
+    """The MPI library and its version, as "MPICH 5.0.2" or "Open MPI 5.0.11"."""
+    name, version = MPI.get_vendor()
+    return f"{name} {'.'.join(map(str, version))}"
+
+
 def make_runner(spec, comm, x, out, op):
     if spec.name == "native":
         mpi_op = MPI_OPS.get(op, MPI.SUM)
@@ -210,7 +216,7 @@ def main(argv=None):
         head += f" | {'time(us)':>9}"
     rows = []
     if rank == 0:
-        print(f"# ringreduce.perf.bench: {p} ranks, {MPI.Get_library_version().splitlines()[0].strip()}, "
+        print(f"# ringreduce.perf.bench: {p} ranks, {mpi_library()}, "
               f"dtype {dtype}, op {args.op}")
         print(top)
         print(head, flush=True)
@@ -244,7 +250,8 @@ def main(argv=None):
             print(line, flush=True)
     if rank == 0 and args.json:
         with open(args.json, "w") as f:
-            json.dump({"ranks": p, "dtype": str(dtype), "op": args.op, "rows": rows}, f, indent=1)
+            json.dump({"ranks": p, "mpi": mpi_library(), "dtype": str(dtype), "op": args.op,
+                       "rows": rows}, f, indent=1)
     if rank == 0 and args.markdown:
         with open(args.markdown, "a") as f:
             f.write(markdown_table(rows, specs, p, dtype, args.op, has_native, args.memcpy))
@@ -260,7 +267,7 @@ def markdown_table(rows, specs, p, dtype, op, has_native, memcpy):
     cols.append("#wrong (all)")
     if memcpy:
         cols.append("memcpy (us)")
-    out = [f"\n{p} ranks, {dtype}, {op}\n", "| " + " | ".join(cols) + " |",
+    out = [f"\n{p} ranks, {mpi_library()}, {dtype}, {op}\n", "| " + " | ".join(cols) + " |",
            "|" + "---|" * len(cols)]
     for r in rows:
         cells = [str(r["bytes"]), str(r["count"])]

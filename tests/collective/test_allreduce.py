@@ -353,3 +353,24 @@ def test_the_small_call_hot_path_keeps_every_guard(comm):
         with pytest.raises(rr.MismatchError, match="op"):
             rr.allreduce(np.ones(5, np.float32), "min" if RANK == 0 else "sum")
     assert np.array_equal(rr.allreduce(np.ones(5, np.float32)), np.full(5, P))
+
+
+def test_the_hot_path_with_a_separate_out(comm):
+    """The hot path writes into a plain ``out`` and leaves ``x`` alone; an overlapping,
+    wrongly shaped or read-only ``out`` still gets the general path's answer or error."""
+    x = np.arange(6, dtype=np.float64) + RANK
+    want = np.arange(6) * P + P * (P - 1) / 2
+    for _ in range(3):
+        out = np.full(6, np.nan)
+        assert rr.allreduce(x, out=out) is out and np.array_equal(out, want)
+        assert np.array_equal(x, np.arange(6) + RANK)
+    with pytest.raises(ValueError, match="shape"):
+        rr.allreduce(x, out=np.empty(5))
+    frozen = np.empty(6)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        rr.allreduce(x, out=frozen)
+    base = np.zeros(7)
+    base[:6] = x
+    with pytest.raises(ValueError, match="overlaps"):
+        rr.allreduce(base[:6], out=base[1:])
