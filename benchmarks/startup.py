@@ -4,6 +4,8 @@ jobs.
 
     python benchmarks/startup.py [-n 2] [--jobs 5] [--sizes 8 64K 4M] [--markdown FILE]
 
+Two spans per job: from the script's first line (numpy's import included), and from the end
+of numpy's import: the second is "within so long of import" for the ringreduce variants.
 Each job is a fresh ``mpiexec -n N python -c ...`` (nothing warm but the OS's file cache and
 Numba's on-disk kernel cache, as for a user's second run), jobs alternate between the variants,
 and each figure is the median over jobs of the slowest rank's time. The variants:
@@ -29,24 +31,25 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from ringreduce.perf.bench import parse_size  # noqa: E402
 
-PROLOGUE = "import time; t0 = time.perf_counter()\n"
+PROLOGUE = "import time; t0 = time.perf_counter()\nimport numpy as np\nt1 = time.perf_counter()\n"
 EPILOGUE = """
-dt = time.perf_counter() - t0
+t2 = time.perf_counter()
 from mpi4py import MPI
-slowest = MPI.COMM_WORLD.allreduce(dt, op=MPI.MAX)
+slowest = MPI.COMM_WORLD.allreduce(t2 - t0, op=MPI.MAX)
+after_numpy = MPI.COMM_WORLD.allreduce(t2 - t1, op=MPI.MAX)
 if MPI.COMM_WORLD.Get_rank() == 0:
-    print("RESULT", slowest, flush=True)
+    print("RESULT", slowest, after_numpy, flush=True)
 """
 BODIES = {
-    "native": "from mpi4py import MPI\nimport numpy as np\nx = np.ones(NELEMS, np.float32)\n"
+    "native": "from mpi4py import MPI\nx = np.ones(NELEMS, np.float32)\n"
               "y = np.empty_like(x)\nMPI.COMM_WORLD.Allreduce(x, y)\n",
-    "rr.allreduce": "import numpy as np\nimport ringreduce as rr\nx = np.ones(NELEMS, np.float32)\n"
+    "rr.allreduce": "import ringreduce as rr\nx = np.ones(NELEMS, np.float32)\n"
                     "rr.allreduce(x)\n",
-    "rr.grouped": "import numpy as np\nimport ringreduce as rr\n"
+    "rr.grouped": "import ringreduce as rr\n"
                   "xs = np.array_split(np.ones(NELEMS, np.float32), 8)\nrr.grouped_allreduce(xs)\n",
-    "rr.async": "import numpy as np\nimport ringreduce as rr\nx = np.ones(NELEMS, np.float32)\n"
+    "rr.async": "import ringreduce as rr\nx = np.ones(NELEMS, np.float32)\n"
                 "rr.allreduce_async(x).wait()\n",
-    "rr.bf16": "import numpy as np\nimport ringreduce as rr\nx = np.ones(NELEMS, np.float32)\n"
+    "rr.bf16": "import ringreduce as rr\nx = np.ones(NELEMS, np.float32)\n"
                "rr.allreduce(x, compression='bf16')\n",
     "import only": "import ringreduce as rr\n",
 }
@@ -60,7 +63,7 @@ def one_job(n, variant, elems):
     if out.returncode != 0:
         raise SystemExit(f"{variant} job failed ({out.returncode}):\n{out.stderr[-3000:]}")
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
-    return float(line.split()[1])
+    return tuple(float(v) for v in line.split()[1:])
 
 
 def main():
@@ -80,23 +83,27 @@ def main():
         for _ in range(args.jobs):
             for v in args.variants:  # interleaved: a slow spell hits every variant
                 times[v].append(one_job(args.n, v, elems))
-        med = {v: statistics.median(t) for v, t in times.items()}
-        rows.append((nbytes, med))
+        med = {v: statistics.median(a for a, _ in t) for v, t in times.items()}
+        after = {v: statistics.median(b for _, b in t) for v, t in times.items()}
+        rows.append((nbytes, med, after))
         base = med.get("native")
-        print(f"{nbytes} B, {args.n} ranks, median of {args.jobs} jobs:")
+        print(f"{nbytes} B, {args.n} ranks, median of {args.jobs} jobs "
+              "(whole span; after numpy's import):")
         for v in args.variants:
             ratio = f"  {med[v] / base:5.2f}x native" if base else ""
-            print(f"  {v:13s} {med[v] * 1e3:8.1f} ms{ratio}")
+            print(f"  {v:13s} {med[v] * 1e3:8.1f} ms {after[v] * 1e3:8.1f} ms{ratio}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump([{"bytes": b, "median_s": m} for b, m in rows], fh, indent=1)
+            json.dump([{"bytes": b, "median_s": m, "after_numpy_s": a} for b, m, a in rows], fh,
+                      indent=1)
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write("| size | " + " | ".join(args.variants) + " |\n")
             fh.write("|---|" + "---:|" * len(args.variants) + "\n")
-            for nbytes, med in rows:
-                fh.write(f"| {nbytes} B | " + " | ".join(f"{med[v] * 1e3:.0f} ms" for v in
-                                                          args.variants) + " |\n")
+            for nbytes, med, after in rows:
+                fh.write(f"| {nbytes} B | " + " | ".join(
+                    f"{med[v] * 1e3:.0f} ms ({after[v] * 1e3:.0f})" for v in args.variants)
+                    + " |\n")
 
 
 if __name__ == "__main__":
