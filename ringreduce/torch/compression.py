@@ -40,30 +40,30 @@ def _cast(tensor, dtype):
     return tensor, None
 
 
-class FP16Compressor(Compressor):
+class _CastCompressor(Compressor):
+    """Floating-point tensors travel as ``wire`` (half the bytes), and come back in their
+    own dtype."""
+    wire = None
+
+    @classmethod
+    def compress(cls, tensor):
+        return _cast(tensor, cls.wire)
+
+    @staticmethod
+    def decompress(tensor, ctx):
+        return tensor if ctx is None else tensor.to(ctx)
+
+
+class FP16Compressor(_CastCompressor):
     """Floating-point tensors travel as float16 (half the bytes), and come back in their
     own dtype."""
-
-    @staticmethod
-    def compress(tensor):
-        return _cast(tensor, torch.float16)
-
-    @staticmethod
-    def decompress(tensor, ctx):
-        return tensor if ctx is None else tensor.to(ctx)
+    wire = torch.float16
 
 
-class BF16Compressor(Compressor):
+class BF16Compressor(_CastCompressor):
     """Floating-point tensors travel as bfloat16 (half the bytes; float32's exponent range,
     8 bits of precision), and come back in their own dtype."""
-
-    @staticmethod
-    def compress(tensor):
-        return _cast(tensor, torch.bfloat16)
-
-    @staticmethod
-    def decompress(tensor, ctx):
-        return tensor if ctx is None else tensor.to(ctx)
+    wire = torch.bfloat16
 
 
 class Compression:
