@@ -11,6 +11,8 @@ Terms used across the package:
 
 Everything here can be checked by simulating every rank in one process (tests/test_schedule.py).
 """
+from bisect import bisect_left, bisect_right
+
 
 
 def chunk_bounds(n, p):
@@ -27,11 +29,20 @@ def chunk_bounds(n, p):
     return bounds
 
 
-def segment_bounds(start, stop, segment_elems):
-    """Split ``[start, stop)`` into segments of at most ``segment_elems`` elements."""
+def segment_bounds(start, stop, segment_elems, cuts=()):
+    """Split ``[start, stop)`` into segments of at most ``segment_elems`` elements, ending one
+    also at every offset in ``cuts`` (sorted; where the arrays of a ``memory.spans.Spans``
+    meet), so that no segment crosses one."""
     if segment_elems < 1:
         raise ValueError(f"segment_elems must be >= 1, got {segment_elems}")
-    return [(s, min(s + segment_elems, stop)) for s in range(start, stop, segment_elems)]
+    if not cuts:
+        return [(s, min(s + segment_elems, stop)) for s in range(start, stop, segment_elems)]
+    ends = [c for c in cuts[bisect_right(cuts, start):bisect_left(cuts, stop)]] + [stop]
+    out, lo = [], start
+    for end in ends:
+        out += [(s, min(s + segment_elems, end)) for s in range(lo, end, segment_elems)]
+        lo = end
+    return out
 
 
 def ring_steps(rank, p):
