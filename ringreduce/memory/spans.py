@@ -44,7 +44,9 @@ class Spans:
         hi = max(lo, hi)
         starts = self.starts
         i = max(0, bisect_right(starts, lo) - 1)
-        if i < len(self.arrays) and hi <= starts[i + 1]:
+        if lo == hi:
+            return self.arrays[0][:0]
+        if hi <= starts[i + 1]:
             return self.arrays[i][lo - starts[i]:hi - starts[i]]
         parts = []
         while i < len(self.arrays) and starts[i] < hi:
