@@ -40,17 +40,12 @@ rounding of its own, short of float32's own range), so compress rounds once, as 
 and decompress is exact; any other factor is refused. bf16 has float32's exponent range and
 needs no scaling (``scale`` is accepted for symmetry). NaN passes both unchanged, as a cast.
 """
-import math
-
-import ml_dtypes
 import numpy as np
 from numba import njit
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-FLOAT16 = np.dtype(np.float16)
-# The wire dtype's name in the element tables.
-FORMATS = {BFLOAT16: "bf16", FLOAT16: "fp16"}
-BITS = np.dtype(np.uint16)
+# The dtypes and the launchers' argument checks need no Numba: they live in half_checks.py.
+from .half_checks import (BFLOAT16, BITS, FLOAT16, FORMATS,  # noqa: F401 - re-exported
+                          as_bits, check_scale, grad_format, half_format)
 
 _U = np.uint32
 _F = np.float32
@@ -168,7 +163,8 @@ def element_functions(jit):
     """Every half-precision element function compiled with ``jit``, keyed by (what, format):
     ``(op, fmt)``: combine(a, b) -> bits for op in OPS; ``("scale", fmt)``: (h, divisor) ->
     bits; ``("compress", fmt)``: (float32 x, scale) -> bits; ``("decompress", fmt)``: (h,
-    scale) -> float32; ``("decode", fmt)``: h -> float32."""
+    scale) -> float32; ``("decode", fmt)``: h -> float32; ``("fold", fmt)``: (h, float32 x,
+    scale) -> (bits, float32 t), the compressed ring's sum (:func:`_fold`)."""
     scale_by = jit(scaled)
     out = {}
     for fmt, (decode_py, encode_py, quiet_py, inf, invalid) in _FORMAT_ELEMENTS.items():
@@ -183,6 +179,7 @@ def element_functions(jit):
         out["compress", fmt] = jit(_compress(encode, scale_by))
         out["decompress", fmt] = jit(_decompress(decode, scale_by))
         out["decode", fmt] = decode
+        out["fold", fmt] = jit(_fold(decode, encode, jit(quiet_py), inf, scale_by))
     return out
 
 
@@ -233,6 +230,19 @@ def _decompress(decode, scale_by):
     return decompress
 
 
+def _fold(decode, encode, quiet, inf, scale_by):
+    def fold(h, x, scale):
+        # t = widen(h) + x * scale in float32, and t rounded. Where both are NaN, h's NaN
+        # (quietened) is t's, as x86 adds with h first; where one is, x86 gives that one
+        # quietened in either operand order, and inf - inf its default NaN (0xFFC00000).
+        t = _F(decode(h) + _F(scale_by(x, scale)))
+        u = t.view(np.uint32)
+        if (u & _ABS) > _EXP and (_U(h) & _LOW15) > inf:
+            return quiet(h), t
+        return encode(u), t
+    return fold
+
+
 # ---------------------------------------------------------------------------------------
 # CPU kernels on uint16 bits: (dst, src) reductions, (dst, divisor) scaling, the codecs.
 
@@ -242,6 +252,8 @@ _fp16_sum, _fp16_prod, _fp16_min, _fp16_max = (_E[op, "fp16"] for op in _OP_ELEM
 _bf16_scale, _fp16_scale = _E["scale", "bf16"], _E["scale", "fp16"]
 _bf16_compress, _fp16_compress = _E["compress", "bf16"], _E["compress", "fp16"]
 _bf16_decompress, _fp16_decompress = _E["decompress", "bf16"], _E["decompress", "fp16"]
+_bf16_fold, _fp16_fold = _E["fold", "bf16"], _E["fold", "fp16"]
+_bf16_decode, _fp16_decode = _E["decode", "bf16"], _E["decode", "fp16"]
 
 
 @njit(nogil=True, cache=True)
@@ -338,40 +350,47 @@ DECOMPRESS = {"bf16": bf16_decompress, "fp16": fp16_decompress}
 
 
 # ---------------------------------------------------------------------------------------
-# What the launchers (cpu.py here, the CUDA modules there) check their arguments with.
+# The compressed ring's kernels (collectives/compress.py): float32 ``src``, 16-bit ``dst``.
+# With ``feedback`` (error feedback) ``src`` holds the input g + r and is overwritten with
+# what the rounding removed, unscaled; the test is loop-invariant, hoisted by the compiler.
 
-def half_format(dtype, what):
-    """"bf16" or "fp16" for a half-precision dtype; TypeError otherwise."""
-    fmt = FORMATS.get(np.dtype(dtype))
-    if fmt is None:
-        raise TypeError(f"{what}: expected bfloat16 or float16, got {np.dtype(dtype)}")
-    return fmt
-
-
-def as_bits(a, what):
-    """The uint16 view of a 1-D array of 16-bit values (the half dtype or its bits)."""
-    if a.dtype.itemsize != 2:
-        raise TypeError(f"{what}: expected 16-bit elements (bfloat16, float16 or their uint16 "
-                        f"bits), got {a.dtype}")
-    return a if a.dtype == BITS else a.view(BITS)
+@njit(nogil=True, cache=True)
+def bf16_send(dst, src, scale, unscale, feedback):
+    for i in range(dst.size):
+        x = src[i]
+        h = dst[i] = _bf16_compress(x, scale)
+        if feedback:
+            src[i] = x - _bf16_decompress(h, unscale)
 
 
-def check_scale(scale):
-    """float32 ``scale``; ValueError unless a positive power of two (exact scaling)."""
-    scale = float(scale)
-    if not (math.isfinite(scale) and scale > 0 and math.frexp(scale)[0] == 0.5):
-        raise ValueError(f"scale must be a positive power of two (exact in float32), got "
-                         f"{scale!r}")
-    return np.float32(scale)
+@njit(nogil=True, cache=True)
+def fp16_send(dst, src, scale, unscale, feedback):
+    for i in range(dst.size):
+        x = src[i]
+        h = dst[i] = _fp16_compress(x, scale)
+        if feedback:
+            src[i] = x - _fp16_decompress(h, unscale)
 
 
-def grad_format(grad, grad_dtype=None):
-    """The optimizers' gradient format: None for a full-precision gradient, "bf16" / "fp16"
-    for a bfloat16 / float16 one (of that dtype, or its 16-bit bits with ``grad_dtype``)."""
-    if grad_dtype is None:
-        return FORMATS.get(grad.dtype)
-    fmt = half_format(grad_dtype, "grad_dtype")
-    if grad.dtype.itemsize != 2:
-        raise TypeError(f"grad: expected the 16-bit bits of {np.dtype(grad_dtype)}, got "
-                        f"{grad.dtype}")
-    return fmt
+@njit(nogil=True, cache=True)
+def bf16_fold(dst, src, scale, unscale, feedback):
+    for i in range(dst.size):
+        h, t = _bf16_fold(dst[i], src[i], scale)
+        dst[i] = h
+        if feedback:
+            src[i] = (t - _bf16_decode(h)) * unscale
+
+
+@njit(nogil=True, cache=True)
+def fp16_fold(dst, src, scale, unscale, feedback):
+    for i in range(dst.size):
+        h, t = _fp16_fold(dst[i], src[i], scale)
+        dst[i] = h
+        if feedback:
+            src[i] = (t - _fp16_decode(h)) * unscale
+
+
+# (dst, src, scale, unscale, feedback): ``send`` stores round(src * scale) in dst, ``fold``
+# round(widen(dst) + src * scale).
+RING = {("send", "bf16"): bf16_send, ("send", "fp16"): fp16_send,
+        ("fold", "bf16"): bf16_fold, ("fold", "fp16"): fp16_fold}

@@ -29,35 +29,59 @@ Cost (alpha: per message, beta: per byte sent, gamma: per byte reduced; n bytes)
 with the alpha term multiplied by the number of segments per chunk. The beta term is the
 lower bound for any allreduce (Patarasuk and Yuan 2009), which is why the ring wins for large
 messages and loses for small ones, where 2 (p - 1) latencies dominate.
+
+A *wire* (``wire=``) makes the segments travel in another dtype than the input's, with the
+codec inside the segment loop (``collectives/compress.py``: float32 gradients as 16-bit
+values). It answers four things; without one the input's own dtype travels and none is asked:
+
+    wire.moved             an n-element buffer of the wire dtype, where the allgather runs
+    wire.scratch(n)        three buffers of n wire elements for the reduce-scatter
+    wire.encode(dst, src)  step 0: the rank's own input segment ``src`` into wire values
+    wire.widen(out, src)   a finished wire segment into the result
+
+and ``reduce(dst, src)`` then reduces wire values ``dst`` with input values ``src`` into wire
+values. The owner's finished chunk lands in ``wire.moved`` and is widened from there, as every
+other rank widens the copy it receives, so all ranks still end bitwise identical.
 """
 from ..transport.tags import TAG_GATHER, TAG_REDUCE
 from ..memory.buffers import copy_into, scratch_like
 from ..core.schedule import chunk_bounds, owned_chunk, ring_allgather_steps, ring_steps, segment_bounds
 
 
-def ring(comm, sendbuf, recvbuf, reduce, segment_elems):
+def ring(comm, sendbuf, recvbuf, reduce, segment_elems, wire=None):
     p = comm.size
     in_place = recvbuf is sendbuf
     if p == 1:
-        if not in_place:
+        if wire is not None:
+            wire.encode(wire.moved, sendbuf)
+            wire.widen(recvbuf, wire.moved)
+        elif not in_place:
             copy_into(recvbuf, sendbuf)
         return
     bounds = chunk_bounds(sendbuf.size, p)
     lo, hi = bounds[owned_chunk(comm.rank, p)]
-    reduce_scatter(comm, sendbuf, recvbuf[lo:hi], reduce, segment_elems, bounds, in_place)
-    allgather(comm, recvbuf, segment_elems, bounds)
+    if wire is None:
+        reduce_scatter(comm, sendbuf, recvbuf[lo:hi], reduce, segment_elems, bounds, in_place)
+        allgather(comm, recvbuf, segment_elems, bounds)
+    else:
+        reduce_scatter(comm, sendbuf, wire.moved[lo:hi], reduce, segment_elems, bounds,
+                       wire=wire, widened=recvbuf[lo:hi])
+        allgather(comm, wire.moved, segment_elems, bounds, wire=wire, widened=recvbuf)
 
 
-def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=False):
+def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=False,
+                   wire=None, widened=None):
     """The first half: afterwards ``out`` holds chunk ``owned_chunk(rank, p)`` of the
     reduction, the chunks being ``bounds`` (``[(lo, hi)]`` element ranges of ``sendbuf``, one
-    per chunk index). ``in_place``: ``out`` is that chunk of ``sendbuf`` itself."""
+    per chunk index). ``in_place``: ``out`` is that chunk of ``sendbuf`` itself. With a
+    ``wire``, ``out`` holds wire values, also widened into ``widened`` segment by segment."""
     p = comm.size
     segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
     chunk_max = max(hi - lo for lo, hi in bounds)
     base = bounds[owned_chunk(comm.rank, p)][0]
     # Scratch buffers hold one chunk each; a segment sits at its offset inside its chunk.
-    scratch = [scratch_like(sendbuf, chunk_max) for _ in range(3)]
+    scratch = ([scratch_like(sendbuf, chunk_max) for _ in range(3)] if wire is None
+               else wire.scratch(chunk_max))
 
     steps = ring_steps(comm.rank, p)
     last = len(steps) - 1
@@ -76,10 +100,20 @@ def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=F
             reqs.append(comm.irecv(dst, comm.left, TAG_REDUCE))
         return reqs
 
-    # Step 0 sends the rank's own input; later steps forward what the step before reduced.
-    send_c = steps[0][0]
-    sends = [comm.isend(sendbuf[s_lo:s_hi], comm.right, TAG_REDUCE) for s_lo, s_hi in segs[send_c]]
+    # Step 0 sends the rank's own input (encoded into the third scratch buffer, which the
+    # receives of step 2 take over only after these sends completed at the end of step 0);
+    # later steps forward what the step before reduced.
     pending = {0: post_receives(0)}
+    send_c = steps[0][0]
+    sends = []
+    for s_lo, s_hi in segs[send_c]:
+        own = sendbuf[s_lo:s_hi]
+        if wire is not None:
+            c_lo = bounds[send_c][0]
+            encoded = scratch[2][s_lo - c_lo:s_hi - c_lo]
+            wire.encode(encoded, own)
+            own = encoded
+        sends.append(comm.isend(own, comm.right, TAG_REDUCE))
     for step, (_, recv_c) in enumerate(steps):
         if step + 1 <= last:
             # scratch[(step + 1) % 3] last received step - 2's chunk, which went out during
@@ -90,10 +124,13 @@ def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=F
         for (s_lo, s_hi), req in zip(segs[recv_c], pending.pop(step)):
             comm.wait(req)
             if step == last:
+                mine = out[s_lo - base:s_hi - base]
                 if in_place:
-                    reduce(out[s_lo - base:s_hi - base], scratch[step % 3][s_lo - lo:s_hi - lo])
+                    reduce(mine, scratch[step % 3][s_lo - lo:s_hi - lo])
                 else:
-                    reduce(out[s_lo - base:s_hi - base], sendbuf[s_lo:s_hi])
+                    reduce(mine, sendbuf[s_lo:s_hi])
+                if wire is not None:
+                    wire.widen(widened[s_lo - base:s_hi - base], mine)
             else:
                 part = scratch[step % 3][s_lo - lo:s_hi - lo]
                 reduce(part, sendbuf[s_lo:s_hi])
@@ -104,11 +141,12 @@ def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=F
     comm.waitall(sends)
 
 
-def allgather(comm, recvbuf, segment_elems, bounds):
+def allgather(comm, recvbuf, segment_elems, bounds, wire=None, widened=None):
     """The second half: every rank holds chunk ``owned_chunk(rank, p)`` of ``recvbuf`` (the
     chunks being ``bounds``) and afterwards all of them. Every receive lands in its final
     place in ``recvbuf``, so all of them can be posted at once; each arriving segment is
-    forwarded as soon as it is complete."""
+    forwarded as soon as it is complete. With a ``wire``, ``recvbuf`` holds wire values and
+    each arriving segment is widened into ``widened`` after it was forwarded."""
     p = comm.size
     segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
     ag = ring_allgather_steps(comm.rank, p)
@@ -122,6 +160,8 @@ def allgather(comm, recvbuf, segment_elems, bounds):
             comm.wait(req)
             if forward:
                 sends.append(comm.isend(recvbuf[s_lo:s_hi], comm.right, TAG_GATHER))
+            if wire is not None:
+                wire.widen(widened[s_lo:s_hi], recvbuf[s_lo:s_hi])
     comm.waitall(sends)
 
 

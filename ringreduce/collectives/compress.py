@@ -30,6 +30,9 @@ import math
 
 import numpy as np
 
+from ..algorithms.ring import ring
+from ..algorithms.shm import on_one_node
+from ..core.choose import choose_algorithm, may_use_shm
 from ..core.tables import wire_dtype
 from ..memory.host import HOST
 from .run import run_algorithm
@@ -92,19 +95,80 @@ def _agreed_amax(c, mem, data):
 
 def reduce_compressed(c, mem, codec, algorithm, seg, src, dst, scale, residual=None):
     """Reduce the 1-D float32 ``src`` into ``dst`` through ``codec``'s wire type; ``scale``:
-    the avg kernel or None; ``residual``: error feedback, updated in place.
-
-    The vector goes through in blocks of ``BLOCK`` elements, each compressed, reduced and
-    widened before the next, into one block-sized wire buffer: the 16-bit values the
-    algorithm sends and receives are still in cache when it starts and when they are
-    widened, instead of a whole-vector pass each way through memory. Every rank cuts the
-    same blocks, so "auto" chooses alike."""
-    n = src.size
+    the avg kernel or None; ``residual``: error feedback, updated in place. Where the ring
+    runs (host memory, more than one rank), the codec rides inside its segment loop
+    (:class:`RingWire`); elsewhere the vector goes in blocks (:func:`_reduce_blocks`)."""
     if residual is not None:
         add, _ = mem.kernels("sum", residual.dtype)
         add(residual, src)  # the input of this call is g + r
         src = residual
     s = fp16_scale(_agreed_amax(c, mem, src), c.size) if codec.scaled else 1.0
+    wire_bytes = src.size * codec.wire.itemsize
+    if _runs_the_ring(c, mem, algorithm, wire_bytes):
+        wire = RingWire(c, mem, codec, src.size, s, residual is not None)
+        # Segments of seg bytes on the wire, as the uncompressed ring's messages.
+        ring(mem.transport(c), src, dst, wire.reduce, max(1, seg // codec.wire.itemsize),
+             wire=wire)
+    else:
+        _reduce_blocks(c, mem, codec, algorithm, seg, src, dst, s, residual)
+    if scale is not None:
+        scale(dst, c.size)
+
+
+def _runs_the_ring(c, mem, algorithm, wire_bytes):
+    """Whether the call runs the ring: named, or what "auto" chooses for the bytes that move
+    (run_algorithm's rule). Host memory only (the fused kernels are CPU kernels), and not
+    on one rank, where nothing moves and the block path rounds once."""
+    if mem is not HOST or c.size == 1:
+        return False
+    if algorithm == "auto":
+        one_node = ("shm" in mem.algorithms and may_use_shm(wire_bytes, c.size)
+                    and on_one_node(c))
+        algorithm = choose_algorithm(wire_bytes, c.size, one_node)
+    return algorithm == "ring"
+
+
+class RingWire:
+    """The ring's wire (``algorithms/ring.py``) for a float32 vector of ``n`` elements sent
+    as ``codec``'s 16-bit values scaled by ``s``: step 0 rounds the rank's own segment
+    straight from float32 (``send``), a received segment is summed with the rank's float32
+    input and rounded once (``fold``), and a finished 16-bit segment is widened and unscaled
+    (``decompress``); every buffer holds the uint16 bits. ``feedback``: the input is the
+    residual array, overwritten with what this rank's roundings removed."""
+    __slots__ = ("moved", "_scratch", "_send", "_fold", "_widen", "_scale", "_unscale",
+                 "_feedback")
+
+    def __init__(self, c, mem, codec, n, s, feedback):
+        from ..kernels import half
+        fmt = half.FORMATS[codec.wire]
+        self._send, self._fold = half.RING["send", fmt], half.RING["fold", fmt]
+        self._widen = half.DECOMPRESS[fmt]
+        self._scale, self._unscale = np.float32(s), np.float32(1.0 / s)
+        self._feedback = feedback
+        self.moved = mem.scratch(c, "ring wire", half.BITS, n)
+        self._scratch = lambda m: [mem.scratch(c, f"ring wire {i}", half.BITS, m)
+                                   for i in range(3)]
+
+    def scratch(self, n):
+        return self._scratch(n)
+
+    def encode(self, dst, src):
+        self._send(dst, src, self._scale, self._unscale, self._feedback)
+
+    def reduce(self, dst, src):
+        self._fold(dst, src, self._scale, self._unscale, self._feedback)
+
+    def widen(self, out, src):
+        self._widen(out, src, self._unscale)
+
+
+def _reduce_blocks(c, mem, codec, algorithm, seg, src, dst, s, residual):
+    """The vector in blocks of ``BLOCK`` elements, each compressed, reduced by ``algorithm``
+    on wire values and widened before the next, into one block-sized wire buffer: the
+    16-bit values the algorithm sends and receives are still in cache when it starts and
+    when they are widened, instead of a whole-vector pass each way through memory. Every
+    rank cuts the same blocks, so "auto" chooses alike."""
+    n = src.size
     # Two wire buffers: out of place the ring receives its last step straight into the
     # result (in place it costs a copy more: 1.76 against 1.11 ms for 2 MiB at 2 ranks).
     wire = mem.scratch(c, "wire", codec.wire, min(n, BLOCK))
@@ -121,5 +185,3 @@ def reduce_compressed(c, mem, codec, algorithm, seg, src, dst, scale, residual=N
         out = reduced[:hi - lo]
         run_algorithm(c, mem, algorithm, w, out, codec.reduce, seg)
         codec.decompress(dst[lo:hi], out, 1.0 / s)
-    if scale is not None:
-        scale(dst, c.size)
