@@ -18,6 +18,10 @@ whole ring once, gathering every rank's contribution. Afterwards rank r holds ch
 Every chunk is reduced exactly once per rank along one fixed path and then copied, so all
 ranks end with bitwise-identical results.
 
+The buffers may be ``memory.spans.Spans`` (several host arrays seen as one vector, for
+``grouped_allreduce``): their ``cuts`` end segments where one array meets the next, so every
+slice taken here is one array's own memory.
+
 Pipelining: each chunk moves in *segments* of at most ``segment_elems`` elements. A segment is
 reduced as soon as it arrives and forwarded at once, so the reduction of one segment overlaps
 the transfer of the next, and the next step's receives are posted one step ahead. Three
@@ -44,7 +48,7 @@ values. The owner's finished chunk lands in ``wire.moved`` and is widened from t
 other rank widens the copy it receives, so all ranks still end bitwise identical.
 """
 from ..transport.tags import TAG_GATHER, TAG_REDUCE
-from ..memory.buffers import copy_into, scratch_like
+from ..memory.buffers import copy_into, kept_scratch
 from ..core.schedule import chunk_bounds, owned_chunk, ring_allgather_steps, ring_steps, segment_bounds
 
 
@@ -76,11 +80,12 @@ def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=F
     per chunk index). ``in_place``: ``out`` is that chunk of ``sendbuf`` itself. With a
     ``wire``, ``out`` holds wire values, also widened into ``widened`` segment by segment."""
     p = comm.size
-    segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
+    cuts = getattr(sendbuf, "cuts", ())  # a Spans: no segment crosses from array to array
+    segs = [segment_bounds(lo, hi, segment_elems, cuts) for lo, hi in bounds]
     chunk_max = max(hi - lo for lo, hi in bounds)
     base = bounds[owned_chunk(comm.rank, p)][0]
     # Scratch buffers hold one chunk each; a segment sits at its offset inside its chunk.
-    scratch = ([scratch_like(sendbuf, chunk_max) for _ in range(3)] if wire is None
+    scratch = (kept_scratch(comm, sendbuf, chunk_max, 3) if wire is None
                else wire.scratch(chunk_max))
 
     steps = ring_steps(comm.rank, p)
@@ -148,7 +153,8 @@ def allgather(comm, recvbuf, segment_elems, bounds, wire=None, widened=None):
     forwarded as soon as it is complete. With a ``wire``, ``recvbuf`` holds wire values and
     each arriving segment is widened into ``widened`` after it was forwarded."""
     p = comm.size
-    segs = [segment_bounds(lo, hi, segment_elems) for lo, hi in bounds]
+    cuts = getattr(recvbuf, "cuts", ())
+    segs = [segment_bounds(lo, hi, segment_elems, cuts) for lo, hi in bounds]
     ag = ring_allgather_steps(comm.rank, p)
     recvs = [[comm.irecv(recvbuf[s_lo:s_hi], comm.left, TAG_GATHER) for s_lo, s_hi in segs[c]]
              for _, c in ag]

@@ -7,12 +7,13 @@ from ..config import fusion_sizes
 from ..core.fusion import group_by_dtype, offsets_of, plan_buckets
 from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compression_code,
                            op_code, signature)
-from ..memory import backend_of_group
+from ..memory import HOST, backend_of_group
+from ..memory.spans import Spans
 from ..transport.comm import detects_failures, get_comm
 from .calls import resolve_algorithm
 from .compress import Codec, check_residuals, reduce_compressed
 from .header import fail_everywhere, negotiate
-from .run import run_algorithm
+from .run import auto_choice, run_algorithm
 
 
 class Group:
@@ -99,13 +100,60 @@ def grouped_allreduce(arrays, op="sum", *, algorithm="auto", comm=None, inplace=
     negotiate(c, sig, None, g.describe)
     mem, arrs = g.mem, g.arrs
     outs = arrs if inplace else mem.results(c, [(mem.shape(a), mem.dtype(a)) for a in arrs])
-    for dtype, members in bucket_plan(mem, arrs, g.cap, g.seg):
+    plan = bucket_plan(mem, arrs, g.cap, g.seg)
+    if mem is HOST and c.size > 1 and g.residuals is None:
+        plan = one_ring(c, g, plan, outs)
+    for dtype, members in plan:
         reduce, scale = g.kernels[dtype]
         reduce_bucket(c, mem, [arrs[i] for i in members], [outs[i] for i in members],
                       dtype, reduce, scale, g.algorithm, g.seg, codec=g.codecs[dtype],
                       residuals=None if g.residuals is None else [g.residuals[i] for i in members])
     mem.sync()
     return list(arrays) if inplace else outs
+
+
+def one_ring(c, g, plan, outs):
+    """Reduce, per dtype, every bucket of ``plan`` in one ring where the ring would serve
+    them (``algorithm`` "ring", or "auto" choosing it for their total): the large tensors
+    where they lie and one fusion buffer of the small ones, joined as ``Spans``, so the ring
+    pipelines across all of them and no large tensor is copied. Returns the buckets left for
+    the bucket-by-bucket path: other dtypes, compressed ones, those of other algorithms, or
+    small ones that need more than one fusion buffer. Host memory, more than one rank."""
+    mem, arrs, left = g.mem, g.arrs, []
+    by_dtype = {}
+    for dtype, members in plan:
+        by_dtype.setdefault(dtype, []).append(members)
+    for dtype, buckets in by_dtype.items():
+        direct = [m[0] for m in buckets if len(m) == 1 and arrs[m[0]].nbytes >= g.seg
+                  and mem.contiguous(arrs[m[0]])]
+        fused = [i for m in buckets if not (len(m) == 1 and m[0] in direct) for i in m]
+        total = sum(arrs[i].nbytes for i in direct + fused)
+        name = g.algorithm
+        if name == "auto" and total:
+            name = auto_choice(c, mem, total)
+        if (not total or name != "ring" or g.codecs[dtype] is not None or len(buckets) < 2
+                or sum(arrs[i].nbytes for i in fused) > g.cap):
+            left += [(dtype, m) for m in buckets]
+            continue
+        reduce, scale = g.kernels[dtype]
+        ins = [mem.flat(arrs[i]) for i in direct]
+        dsts = ins if outs is arrs else [mem.flat(outs[i]) for i in direct]
+        small_in, small_out, offsets = None, None, None
+        if fused:
+            offsets, n = offsets_of([arrs[i] for i in fused])
+            small_in = mem.fusion_buffer(c, dtype, n)
+            mem.pack([arrs[i] for i in fused], small_in, offsets)
+            small_out = small_in if outs is arrs else mem.scratch(c, "fusion out", dtype, n)
+            ins, dsts = ins + [small_in], dsts + [small_out]
+        src = Spans(ins)
+        dst = src if outs is arrs else Spans(dsts)
+        run_algorithm(c, mem, "ring", src, dst, reduce, g.seg)
+        if scale is not None:
+            for piece in dst.arrays:
+                scale(piece, c.size)
+        if fused:
+            mem.unpack(small_out, [outs[i] for i in fused], offsets)
+    return left
 
 
 def reduce_buffer(c, mem, src, dst, reduce, scale, algorithm, seg, codec=None, residual=None):

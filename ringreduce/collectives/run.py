@@ -4,15 +4,19 @@ from ..algorithms.shm import on_one_node
 from ..core.choose import choose_algorithm, may_use_shm
 
 
+def auto_choice(c, mem, nbytes):
+    """What "auto" runs for ``nbytes`` of ``mem``'s memory on ``c``. Collective the first
+    time per communicator (on_one_node); every rank gets here in the same call, since all
+    agreed on "auto", the memory and the size in the header."""
+    one_node = "shm" in mem.algorithms and may_use_shm(nbytes, c.size) and on_one_node(c)
+    return choose_algorithm(nbytes, c.size, one_node)
+
+
 def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):
     """``name`` ("auto" or an algorithm ``mem`` supports) on 1-D buffers of ``mem``'s memory
-    over the library communicator ``c``, through ``mem``'s transport."""
+    (or ``Spans`` of host arrays, for the ring) over the library communicator ``c``, through
+    ``mem``'s transport."""
     if name == "auto":
-        # on_one_node is collective the first time per communicator; every rank gets here
-        # in the same call, since all agreed on "auto", the memory and the size in the header.
-        nbytes = flat_in.nbytes
-        one_node = ("shm" in mem.algorithms and may_use_shm(nbytes, c.size)
-                    and on_one_node(c))
-        name = choose_algorithm(nbytes, c.size, one_node)
+        name = auto_choice(c, mem, flat_in.nbytes)
     ALGORITHMS[name](mem.transport(c), flat_in, flat_out, reduce,
                      max(1, seg_bytes // flat_in.dtype.itemsize))

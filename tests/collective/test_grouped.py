@@ -199,3 +199,32 @@ def test_bad_sizes_raise_on_every_rank(memory, kwargs, message):
     with pytest.raises(ValueError, match=message if RANK == 0 else "rejected the input on"):
         rr.grouped_allreduce([memory.put(np.ones(3)), memory.put(np.ones(4))], **bad)
     assert np.all(memory.get(rr.grouped_allreduce([memory.put(np.ones(2))])[0]) == P)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+@pytest.mark.parametrize("op", ["sum", "avg", "max"])
+def test_one_ring_over_large_tensors_and_the_fused_small_ones(inplace, op):
+    """With the ring chosen, large tensors (at least a segment) and the fusion buffer of the
+    small ones go through one ring as Spans: results as float64 says, the same bits on every
+    rank, inputs untouched out of place; odd lengths, a non-contiguous large tensor, empty."""
+    seg = 64  # bytes: float64 tensors of 8 or more elements are "large"
+    def arrays(rank):
+        rng = np.random.default_rng([7, rank])
+        wide = rng.standard_normal((5, 26))
+        return [rng.standard_normal(n) for n in (13, 3, 0, 97, 1, 8, 7, 31)] + [wide[:, ::2]]
+    mine = arrays(RANK)
+    keep = [a.copy() for a in mine]
+    ref = [np.stack([arrays(r)[i] for r in range(P)]) for i in range(len(mine))]
+    want = [{"sum": r.sum(0), "avg": r.sum(0) / P, "max": r.max(0)}[op] for r in ref]
+    for algorithm in ("ring", "auto"):
+        work = [a.copy() for a in mine]
+        got = rr.grouped_allreduce(work, op, algorithm=algorithm, inplace=inplace,
+                                   segment_bytes=seg, fusion_threshold=1 << 20)
+        for i, (g, w) in enumerate(zip(got, want)):
+            np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-13, err_msg=f"tensor {i}")
+        if not inplace:
+            for w, k in zip(work, keep):
+                np.testing.assert_array_equal(w, k)
+        everyone = MPI.COMM_WORLD.allgather(b"".join(np.ascontiguousarray(g).tobytes()
+                                                     for g in got))
+        assert all(e == everyone[0] for e in everyone)
