@@ -1,10 +1,21 @@
 """Gradient compression: float32 data travels as 16-bit values and comes back as float32.
 
 ``compression="bf16"`` or ``"fp16"`` on ``allreduce``, ``grouped_allreduce``,
-``allreduce_async`` and ``GradSync``: each rank rounds its float32 input once to the wire
-type, the algorithm runs on wire values (every local reduction reads two 16-bit values, adds
-in float32 and rounds once to nearest-even), and the result is widened back to float32.
-Half the bytes cross the network and the memory bus at every step.
+``allreduce_async`` and ``GradSync``. Half the bytes cross the network and the memory bus at
+every step. Two paths, one result contract (every rank gets bitwise-identical float32):
+
+- The ring (``algorithm="ring"``, or what "auto" picks for the bytes on the wire, host memory,
+  p > 1) carries the codec inside its own segment loop (:class:`RingWire`, the ``wire`` of
+  ``algorithms/ring.py``): at step 0 a rank rounds the segments it sends straight from its
+  float32 input; a received 16-bit segment is added to the rank's float32 input in float32
+  and rounded once (one fused kernel) and forwarded; the owner's finished 16-bit chunk is
+  what every rank, the owner included, widens back to float32, as each segment arrives in the
+  allgather. Other ranks' inputs enter the sums unrounded: only the first rank of a chunk's
+  path rounds its input alone.
+- Every other algorithm (rhd, tree, doubling, shm, "auto" below the ring's sizes, one rank)
+  goes in blocks of ``BLOCK`` elements: each rank rounds the block once to the wire type, the
+  algorithm runs on wire values (every local reduction reads two 16-bit values, adds in
+  float32 and rounds once to nearest-even), and the block is widened back.
 
 fp16 scaling. fp16's largest finite value is 65504, so a large gradient (or a sum of p of
 them) would overflow to inf. Before compressing, the ranks agree on the largest magnitude
@@ -12,19 +23,35 @@ them) would overflow to inf. Before compressing, the ranks agree on the largest 
 multiplies by the same power of two ``s = 2**floor(log2(65504 / (p * amax)))``: no partial
 sum of p values can then exceed 65504, and small gradients move up out of fp16's subnormal
 range instead of flushing to zero. A power of two is exact in float32, so scaling and
-unscaling add no rounding of their own; the result is divided by ``s`` when widened. bf16
-has float32's exponent range and needs no scaling.
+unscaling add no rounding of their own; the ring's kernels scale each float32 input as they
+read it, and the result is divided by ``s`` when widened. bf16 has float32's exponent range
+and needs no scaling.
 
-Error bound. Every input is rounded once (relative error at most u: 2**-8 for bf16, 2**-11
-for fp16) and every reduction step rounds its float32 sum once more. A result element sees
-at most ``1 + r`` roundings, r being the steps that reduce it: p - 1 in the ring (a chunk is
-reduced once at every hop), ceil(lg p) in rhd, doubling and the tree (plus one for the
-fold of a non-power-of-two p). So ``|result - exact| <= (1 + r) * u * sum_i |x_i|`` to first
-order; tests/collective/test_compression.py checks it for every algorithm.
+Error bound. Each rounding has relative error at most u (2**-8 for bf16, 2**-11 for fp16) of
+the value rounded, which is at most ``sum_i |x_i|``. The block path rounds every input once
+and every reduction step's float32 sum once more: a result element sees ``1 + r`` roundings,
+r being the steps that reduce it: ceil(lg p) in rhd, doubling and the tree (plus one for the
+fold of a non-power-of-two p). The ring rounds an element p times: once where its chunk
+leaves its first rank, once at each of the p - 1 hops (the last being the owner's); widening
+is exact. So ``|result - exact| <= (1 + r) * u * sum_i |x_i|`` to first order, with
+``1 + r = p`` for the ring; tests/collective/test_compression.py checks it for every
+algorithm, test_compressed_ring.py the ring's exact order bit for bit.
 
 Error feedback (``residual=``): the rounding error of a rank's compression is kept and added
 to its next input, so nothing is lost over steps, only delayed (what makes compressed
-training converge like uncompressed). The residual holds ``g + r - Q(g + r)`` after a call.
+training converge like uncompressed). The input of a call is ``x = g + r``, and afterwards
+the residual holds ``t - Q(t)`` for what this rank itself rounded, unscaled:
+
+- on the block path, ``t = x`` everywhere: ``r = (g + r) - Q(g + r)``;
+- in the ring each rank rounds each element exactly once: on the chunk it sends at step 0
+  ``t = x`` as above; on every other chunk ``t`` is its float32 sum of the received partial
+  and x, so the residual is what that sum's rounding removed.
+
+Either way the residuals summed over the ranks plus the result equal the inputs summed over
+the ranks (but for float32's own roundings of the sums), so the next call's inputs add back
+exactly what this call lost. In the ring the residual is the whole rounding of a partial
+sum, not a share of it: its magnitude is bounded by u times that partial sum rather than by
+u times |x|.
 """
 import math
 
