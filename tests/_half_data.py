@@ -8,6 +8,14 @@ import numpy as np
 from ringreduce.kernels.half import BFLOAT16
 
 
+def assert_bits_equal(out, expected, where=""):
+    """The two arrays' 16-bit patterns are equal; else the first difference."""
+    out, expected = out.view(np.uint16), expected.view(np.uint16)
+    bad = np.flatnonzero(out != expected)
+    assert bad.size == 0, (f"{bad.size} of {out.size} differ{where}; first at {bad[0]}: "
+                           f"{out[bad[0]]:#06x} != {expected[bad[0]]:#06x}")
+
+
 def rng_for(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 

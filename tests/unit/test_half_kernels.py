@@ -11,19 +11,12 @@ at every offset, since a kernel is element-wise and must not care where a chunk 
 import numpy as np
 import pytest
 
-from _half_data import other_operands, random_operands, rng_for
+from _half_data import assert_bits_equal, other_operands, random_operands, rng_for
 from ringreduce.kernels import cpu, half, reference as ref
 
 DTYPES = (half.BFLOAT16, half.FLOAT16)
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 ROWS = 64   # other-operand values per block: 64 x 65536 elements, 8 MiB of uint16
-
-
-def assert_bits_equal(out, expected, where=""):
-    out, expected = out.view(np.uint16), expected.view(np.uint16)
-    bad = np.flatnonzero(out != expected)
-    assert bad.size == 0, (f"{bad.size} of {out.size} differ{where}; first at {bad[0]}: "
-                           f"{out[bad[0]]:#06x} != {expected[bad[0]]:#06x}")
 
 
 def blocks(others):

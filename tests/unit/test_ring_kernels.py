@@ -7,19 +7,12 @@ with and without error feedback."""
 import numpy as np
 import pytest
 
-from _half_data import rng_for
+from _half_data import assert_bits_equal, rng_for
 from ringreduce.kernels import half, reference as ref
 
 DTYPES = (half.BFLOAT16, half.FLOAT16)
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 QUIET32 = np.uint32(0x00400000)
-
-
-def assert_bits_equal(out, expected, where=""):
-    out, expected = out.view(np.uint16), expected.view(np.uint16)
-    bad = np.flatnonzero(out != expected)
-    assert bad.size == 0, (f"{bad.size} of {out.size} differ{where}; first at {bad[0]}: "
-                           f"{out[bad[0]]:#06x} != {expected[bad[0]]:#06x}")
 
 
 def float32_values(key):
