@@ -1,15 +1,18 @@
 """Run one algorithm on buffers every rank already agreed on (no header)."""
 from ..algorithms import ALGORITHMS
 from ..algorithms.shm import on_one_node
-from ..core.choose import choose_algorithm, may_use_shm
+from ..core.choose import choose_algorithm, may_use_shm, shm_max_bytes
+from ..transport.comm import mpi_library
 
 
 def auto_choice(c, mem, nbytes):
     """What "auto" runs for ``nbytes`` of ``mem``'s memory on ``c``. Collective the first
     time per communicator (on_one_node); every rank gets here in the same call, since all
     agreed on "auto", the memory and the size in the header."""
-    one_node = "shm" in mem.algorithms and may_use_shm(nbytes, c.size) and on_one_node(c)
-    return choose_algorithm(nbytes, c.size, one_node)
+    shm_max = shm_max_bytes(mpi_library())
+    one_node = ("shm" in mem.algorithms and may_use_shm(nbytes, c.size, shm_max)
+                and on_one_node(c))
+    return choose_algorithm(nbytes, c.size, one_node, shm_max)
 
 
 def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):

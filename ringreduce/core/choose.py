@@ -21,8 +21,14 @@ AUTO_SHM_BYTES = 32 << 10
 # ... and up to here (exclusive); larger messages take the ring. At 2 ranks shm's copies into
 # the window ran 1.2-2.8x slower than the ring from 1 MiB up in 4-5 of 10 runs (its writes
 # to lines the other core had just read were 5x slower; docs/benchmarks.md, "Shared-memory
-# allreduce") and won by 10-20% in the others; below 1 MiB it stays ahead of rhd either way.
+# allreduce") and won by 10-20% in the others. So 1 MiB, but where the MPI library differs:
 AUTO_SHM_MAX_BYTES = 1 << 20
+# Per MPI library (``MPI.get_vendor()[0]``), measured three jobs each (docs/benchmarks.md,
+# "MPICH and Open MPI"): under Open MPI the ring is slower than MPI's own allreduce at 1 MiB
+# (1.08x, 1.05-1.10) and shm well ahead (0.68x, 0.65-0.71), at 4 MiB the ring ahead (0.90
+# against 1.05); under MPICH the two alternate at 1 MiB from run to run (shm 0.53-0.81, ring
+# 0.58-0.87 over nine runs), so MPICH keeps 1 MiB.
+SHM_MAX_BY_LIBRARY = {"Open MPI": 2 << 20}
 # Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
 # (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8
 # ranks per node: over 25 GbE and 100 Gb InfiniBand at 16 to 1,024 ranks the cost model
@@ -35,22 +41,28 @@ AUTO_RING_RANKS = 4
 PIGGYBACK_CAP = 64 << 10
 
 
-def choose_algorithm(nbytes, p, one_node=False):
+def shm_max_bytes(library=None):
+    """Where shm stops for "auto" under the MPI library named ``library``."""
+    return SHM_MAX_BY_LIBRARY.get(library, AUTO_SHM_MAX_BYTES)
+
+
+def choose_algorithm(nbytes, p, one_node=False, shm_max=AUTO_SHM_MAX_BYTES):
     """The algorithm "auto" runs for ``nbytes`` on ``p`` ranks (every rank computes the same).
-    ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank)."""
+    ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank); ``shm_max``:
+    :func:`shm_max_bytes` of the MPI library (every rank runs the same one)."""
     if p == 1 or nbytes < AUTO_SMALL_BYTES:
         return "doubling"
-    if one_node and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES:
+    if one_node and AUTO_SHM_BYTES <= nbytes < shm_max:
         return "shm"
     if nbytes < AUTO_RING_BYTES * math.sqrt(max(p, AUTO_RING_RANKS) / AUTO_RING_RANKS):
         return "rhd"
     return "ring"
 
 
-def may_use_shm(nbytes, p):
+def may_use_shm(nbytes, p, shm_max=AUTO_SHM_MAX_BYTES):
     """Whether "auto" would pick shm for ``nbytes`` on ``p`` ranks of one node: only then is
     the (collective, once per communicator) one-node question worth asking."""
-    return p > 1 and AUTO_SHM_BYTES <= nbytes < AUTO_SHM_MAX_BYTES
+    return p > 1 and AUTO_SHM_BYTES <= nbytes < shm_max
 
 
 def rides_in_header(nbytes, algorithm):

@@ -108,6 +108,14 @@ class PoliteComm(Comm):
         self.waitall([self.irecv(recvbuf, source, tag), self.isend(sendbuf, dest, tag)])
 
 
+_LIBRARY = MPI.get_vendor()[0]  # "MPICH", "Open MPI", ...: some choices of "auto" depend on it
+
+
+def mpi_library():
+    """The name of the MPI library this process runs on, as ``MPI.get_vendor()`` says."""
+    return _LIBRARY
+
+
 _dups = {}  # (user communicator handle, purpose) -> (user comm, its group, duplicate)
 _made = []  # every mpi4py communicator the library made and has not forgotten (for revoking)
 _world = MPI.COMM_WORLD  # what comm=None means; see world() and reset()

@@ -12,7 +12,8 @@ from ringreduce.algorithms import ALGORITHMS
 from ringreduce.algorithms.shm import on_one_node
 from ringreduce.collectives.grouped import bucket_plan
 from ringreduce.collectives.run import run_algorithm
-from ringreduce.core.choose import choose_algorithm
+from ringreduce.core.choose import choose_algorithm, shm_max_bytes
+from ringreduce.transport.comm import mpi_library
 from ringreduce.memory.device import DEVICE
 from ringreduce.memory.host import HOST
 from ringreduce.transport.comm import get_comm
@@ -77,7 +78,8 @@ def test_auto_chooses_as_on_the_host_without_shm(device, recorded):
         run_algorithm(c, DEVICE, "auto", d, d, dreduce, 1 << 20)
         host_choice, device_choice = recorded[-2:]
         one_node = P > 1 and on_one_node(c)
-        assert host_choice == choose_algorithm(nbytes, P, one_node), nbytes
+        shm_max = shm_max_bytes(mpi_library())  # the rule of the MPI this runs on
+        assert host_choice == choose_algorithm(nbytes, P, one_node, shm_max), nbytes
         assert device_choice == choose_algorithm(nbytes, P, False), nbytes
         if host_choice != "shm":
             assert device_choice == host_choice, nbytes

@@ -226,3 +226,15 @@ def test_auto_ring_threshold_grows_with_sqrt_p():
     net = model.NETWORKS["ib100"]
     n = 16 * AUTO_RING_BYTES
     assert model.cluster_time("ring", 4 * n, 128, 8, net) < model.cluster_time("rhd", 4 * n, 128, 8, net)
+
+
+def test_shm_reaches_further_under_open_mpi():
+    """The per-library rule: shm up to 2 MiB under Open MPI, 1 MiB elsewhere (core/choose.py
+    gives the measurements); the ring beyond, and off one node never shm."""
+    from ringreduce.core.choose import choose_algorithm, shm_max_bytes
+    ompi, mpich = shm_max_bytes("Open MPI"), shm_max_bytes("MPICH")
+    assert (ompi, mpich, shm_max_bytes(None)) == (2 << 20, 1 << 20, 1 << 20)
+    assert choose_algorithm(1 << 20, 2, True, ompi) == "shm"
+    assert choose_algorithm(1 << 20, 2, True, mpich) == "ring"
+    assert choose_algorithm(2 << 20, 2, True, ompi) == "ring"
+    assert choose_algorithm(1 << 20, 2, False, ompi) == "ring"
