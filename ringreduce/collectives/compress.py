@@ -58,11 +58,9 @@ import math
 import numpy as np
 
 from ..algorithms.ring import ring
-from ..algorithms.shm import on_one_node
-from ..core.choose import choose_algorithm, may_use_shm
 from ..core.tables import wire_dtype
 from ..memory.host import HOST
-from .run import run_algorithm
+from .run import auto_choice, run_algorithm
 
 FP16_MAX = 65504.0
 # Elements per block of a compressed call: 4 MiB of float32, 2 MiB on the wire (this
@@ -148,11 +146,7 @@ def _runs_the_ring(c, mem, algorithm, wire_bytes):
     on one rank, where nothing moves and the block path rounds once."""
     if mem is not HOST or c.size == 1:
         return False
-    if algorithm == "auto":
-        one_node = ("shm" in mem.algorithms and may_use_shm(wire_bytes, c.size)
-                    and on_one_node(c))
-        algorithm = choose_algorithm(wire_bytes, c.size, one_node)
-    return algorithm == "ring"
+    return (auto_choice(c, mem, wire_bytes) if algorithm == "auto" else algorithm) == "ring"
 
 
 class RingWire:
@@ -162,7 +156,7 @@ class RingWire:
     input and rounded once (``fold``), and a finished 16-bit segment is widened and unscaled
     (``decompress``); every buffer holds the uint16 bits. ``feedback``: the input is the
     residual array, overwritten with what this rank's roundings removed."""
-    __slots__ = ("moved", "_scratch", "_send", "_fold", "_widen", "_scale", "_unscale",
+    __slots__ = ("moved", "_c", "_mem", "_send", "_fold", "_widen", "_scale", "_unscale",
                  "_feedback")
 
     def __init__(self, c, mem, codec, n, s, feedback):
@@ -172,12 +166,12 @@ class RingWire:
         self._widen = half.DECOMPRESS[fmt]
         self._scale, self._unscale = np.float32(s), np.float32(1.0 / s)
         self._feedback = feedback
+        self._c, self._mem = c, mem
         self.moved = mem.scratch(c, "ring wire", half.BITS, n)
-        self._scratch = lambda m: [mem.scratch(c, f"ring wire {i}", half.BITS, m)
-                                   for i in range(3)]
 
     def scratch(self, n):
-        return self._scratch(n)
+        return [self._mem.scratch(self._c, f"ring wire {i}", self.moved.dtype, n)
+                for i in range(3)]
 
     def encode(self, dst, src):
         self._send(dst, src, self._scale, self._unscale, self._feedback)

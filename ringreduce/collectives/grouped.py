@@ -124,9 +124,10 @@ def one_ring(c, g, plan, outs):
     for dtype, members in plan:
         by_dtype.setdefault(dtype, []).append(members)
     for dtype, buckets in by_dtype.items():
-        direct = [m[0] for m in buckets if len(m) == 1 and arrs[m[0]].nbytes >= g.seg
-                  and mem.contiguous(arrs[m[0]])]
-        fused = [i for m in buckets if not (len(m) == 1 and m[0] in direct) for i in m]
+        direct, fused = [], []
+        for m in buckets:
+            lone = len(m) == 1 and arrs[m[0]].nbytes >= g.seg and mem.contiguous(arrs[m[0]])
+            (direct if lone else fused).extend(m)
         total = sum(arrs[i].nbytes for i in direct + fused)
         name = g.algorithm
         if name == "auto" and total:

@@ -37,7 +37,7 @@ def segment_bounds(start, stop, segment_elems, cuts=()):
         raise ValueError(f"segment_elems must be >= 1, got {segment_elems}")
     if not cuts:
         return [(s, min(s + segment_elems, stop)) for s in range(start, stop, segment_elems)]
-    ends = [c for c in cuts[bisect_right(cuts, start):bisect_left(cuts, stop)]] + [stop]
+    ends = list(cuts[bisect_right(cuts, start):bisect_left(cuts, stop)]) + [stop]
     out, lo = [], start
     for end in ends:
         out += [(s, min(s + segment_elems, end)) for s in range(lo, end, segment_elems)]

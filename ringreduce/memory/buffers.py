@@ -4,6 +4,7 @@ CUDA device buffers."""
 import numpy as np
 
 from ..gpu import Cuda
+from .host import HostBackend
 from .spans import Spans
 
 
@@ -17,21 +18,14 @@ def scratch_like(buf, n):
 
 def kept_scratch(comm, buf, n, count):
     """``count`` buffers of ``n`` elements of ``buf``'s dtype, for an algorithm's own use
-    during one call: on the host kept per library communicator (``comm.state``) and reused by
+    during one call: on the host kept per library communicator (``HostBackend.scratch``) and reused by
     the next call, since a fresh large ``np.empty`` pays its page faults again at every call
     (three 48 MiB ring buffers for a 97 MiB in-place call at 2 ranks: about a third of the
     call here); elsewhere, or on a transport without state, fresh ones."""
-    state = getattr(comm, "state", None)
-    if state is None or not isinstance(buf, (np.ndarray, Spans)):
+    if getattr(comm, "state", None) is None or not isinstance(buf, (np.ndarray, Spans)):
         return [scratch_like(buf, n) for _ in range(count)]
-    out = []
-    for k in range(count):
-        key = ("algorithm scratch", buf.dtype, k)
-        kept = state.fusion.get(key)
-        if kept is None or kept.size < n:
-            kept = state.fusion[key] = np.empty(n, buf.dtype)
-        out.append(kept[:n])
-    return out
+    return [HostBackend.scratch(comm, f"algorithm scratch {k}", buf.dtype, n)
+            for k in range(count)]
 
 
 def copy_into(dst, src):

@@ -14,7 +14,9 @@ from mpi4py import MPI
 
 import ringreduce as rr
 from ringreduce.collectives.compress import fp16_scale
+from ringreduce.core.choose import shm_max_bytes
 from ringreduce.core.schedule import chunk_bounds
+from ringreduce.transport.comm import mpi_library
 
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
@@ -22,8 +24,8 @@ WIRE = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16)}
 U = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 LENGTHS = sorted({0, 1, max(P - 1, 1), 2, 3, 13, 997, 7919})
 # 2 bytes an element on the wire: "auto" runs the ring from 512 KiB * sqrt(max(p, 4) / 4),
-# and on one node from 1 MiB (shm below).
-AUTO_RING = 600_011
+# and on one node from where shm stops for this MPI library (1 MiB; 2 MiB under Open MPI).
+AUTO_RING = max(600_011, shm_max_bytes(mpi_library()) // 2 + 11)
 
 
 def inputs(n, rank, scale=1.0):
