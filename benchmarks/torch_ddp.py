@@ -13,7 +13,9 @@ is taken from the first round; ``--rotate k`` shifts the order of the variants b
 jobs with k = 0, 1, 2 put each variant first once (torch's own first-use costs, the first
 forward pass and DDP's imports, are paid before any timing by an untimed local step).
 ``compute`` is the same step without any communication: what the others add to it is the
-communication they do not hide. ``--cold VARIANT`` runs one variant's first step alone in a
+communication they do not hide. ``noop`` is DDP over gloo with a communication hook that
+hands every bucket back unreduced: DDP's own cost (its hooks and bucket copies) with no
+communication, the floor of any DDP backend. ``--cold VARIANT`` runs one variant's first step alone in a
 fresh process and reports it from the script's first line, imports and all: what a user
 waits for (run it once per variant, several times).
 
@@ -44,7 +46,9 @@ from mpi4py import MPI  # noqa: E402
 COMM = MPI.COMM_WORLD
 RANK, P = COMM.Get_rank(), COMM.Get_size()
 VARIANTS = ("gloo", "ringreduce", "hvd")
-LABELS = {"compute": "compute only (no communication)", "gloo": "DDP over gloo",
+FLOORS = ("compute", "noop")  # run before the variants in every round
+LABELS = {"compute": "compute only (no communication)",
+          "noop": "DDP, no-op hook (DDP's own cost, no communication)", "gloo": "DDP over gloo",
           "ringreduce": "DDP over ringreduce", "hvd": "hvd.DistributedOptimizer"}
 
 
@@ -55,6 +59,13 @@ def make_model(name):
         return torchvision.models.resnet18(num_classes=10), (16, 3, 64, 64)
     return nn.Sequential(nn.Linear(784, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(),
                          nn.Linear(2048, 10)), (64, 784)
+
+
+def _noop_hook(state, bucket):
+    """DDP's bucket handed back unreduced: the step DDP itself costs, with no communication."""
+    fut = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
 
 
 def free_port():
@@ -73,12 +84,12 @@ def run_variant(variant, model_name, steps):
     model, shape = make_model(model_name)
     x = torch.randn(shape, generator=g)
     y = torch.randint(0, 10, (shape[0],), generator=g)
-    port = COMM.bcast(free_port() if RANK == 0 else None) if variant == "gloo" else None
+    port = COMM.bcast(free_port() if RANK == 0 else None) if variant in ("gloo", "noop") else None
     COMM.Barrier()
     t0 = time.perf_counter()
     if variant in ("ringreduce", "hvd"):
         import ringreduce.torch as hvd  # at the top of a real script; here, for --cold gloo
-    if variant == "gloo":
+    if variant in ("gloo", "noop"):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=RANK,
                                 world_size=P)
     elif variant == "ringreduce":
@@ -94,6 +105,8 @@ def run_variant(variant, model_name, steps):
         net = model
     else:
         net = nn.parallel.DistributedDataParallel(model)
+        if variant == "noop":
+            net.register_comm_hook(None, _noop_hook)
 
     def step():
         opt.zero_grad()
@@ -110,7 +123,7 @@ def run_variant(variant, model_name, steps):
         t = time.perf_counter()
         step()
         times.append(slowest(time.perf_counter() - t))
-    if variant in ("gloo", "ringreduce"):
+    if variant in ("gloo", "noop", "ringreduce"):
         dist.destroy_process_group()
     return startup, times
 
@@ -143,9 +156,9 @@ def main():
     for model_name in args.models.split(","):
         # torch's own first-use costs (the first forward and backward), untimed
         run_variant("compute", model_name, 1)
-        rows = {v: {"startup": None, "steps": []} for v in ("compute",) + order}
+        rows = {v: {"startup": None, "steps": []} for v in FLOORS + order}
         for r in range(args.rounds):
-            for v in ("compute",) + order:
+            for v in FLOORS + order:
                 startup, times = run_variant(v, model_name, args.steps)
                 if r == 0:
                     rows[v]["startup"] = startup
@@ -166,7 +179,7 @@ def report(model_name, res, order, args):
           f"{args.steps} steps")
     print(f"| variant | steady step (ms) | vs gloo | start-up (s) | vs gloo |")
     print("|---|---|---|---|---|")
-    for v in ("compute",) + VARIANTS:
+    for v in FLOORS + VARIANTS:
         row = res[v]
         print(f"| {LABELS[v]} | {row['step_s'] * 1e3:.1f} | {row['step_s'] / gloo['step_s']:.2f} "
               f"| {row['startup_s']:.2f} | {row['startup_s'] / gloo['startup_s']:.2f} |",

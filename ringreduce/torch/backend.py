@@ -41,25 +41,13 @@ from ..collectives.moves import allgather, barrier, broadcast, reduce_scatter
 from ..config import check_agreement
 from ..transport.comm import PoliteComm
 from .tensors import flat_view, op_name, view
-from .work import Executor, warm_up
+from .work import Executor, device_context, warm_up
 
 BACKEND = "ringreduce"
 
 
 def _is_async(opts):
     return bool(getattr(opts, "asyncOp", True)) if opts is not None else True
-
-
-def _device_context(tensors):
-    """The Numba context of the tensors' GPU for the thread that runs the collective (the
-    current device is per thread), or nothing for CPU tensors."""
-    t = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_cuda), None)
-    if t is None:
-        return contextlib.nullcontext()
-    from ..memory.cuda import require_cuda
-    # Work the caller queued on its stream must be done before the collective reads.
-    torch.cuda.current_stream(t.device).synchronize()
-    return require_cuda().cuda.gpus[t.device.index or 0]
 
 
 def _flat_in(t, what):
@@ -93,7 +81,7 @@ class ProcessGroupRingReduce(dist.ProcessGroup):
         """Validate with ``prepare()`` (local, returns the collective to run); a failure there
         is sent to every rank through the header pass, so the others raise too."""
         c = self._comm
-        ctx = _device_context(tensors)
+        ctx = device_context(tensors)
 
         def collective():
             with ctx:

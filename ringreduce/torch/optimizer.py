@@ -5,12 +5,13 @@
     optimizer.step()      # waits for them, then the wrapped optimizer's step
 
 Each parameter gets a post-accumulate-grad hook. After ``backward_passes_per_step``
-backward passes it hands the gradient to the background engine (``rr.allreduce_async``,
-named after the parameter, so ranks may finish their gradients in any order); the engine
-fuses the gradients that arrive within one cycle into few messages. ``step()`` (or
-``synchronize()``) submits any gradient whose hook did not fire (an unused parameter gets a
-zero gradient, as in Horovod, so every rank submits the same names), waits for all of them
-and writes the results back into ``p.grad``.
+backward passes it hands the gradient to its bucket (``buckets.py``): the parameters are cut
+into buckets of about 25 MiB in the reverse of their order (or by Horovod's ``groups`` /
+``num_groups``), and each bucket is reduced as one ``grouped_allreduce`` on the optimizer's
+thread as soon as all of its gradients are in, in bucket order, so ranks may finish their
+gradients in any order. ``step()`` (or ``synchronize()``) hands in any gradient whose hook
+did not fire (an unused parameter gets a zero gradient, as in Horovod, so every rank reduces
+the same tensors), waits for every bucket and writes the results back into ``p.grad``.
 
 Averaging: ``op=Average`` is ringreduce's ``avg`` (sum, then divide by the rank count);
 with ``gradient_predivide_factor=f`` the gradient is divided by f before the sum and
@@ -23,16 +24,14 @@ import warnings
 
 import torch
 
-from ..engine.api import allreduce_async as _allreduce_async
-from ..engine.api import init as _init
-from .compression import Compression, split
+from . import buckets as _buckets
+from .compression import Compression
 from .horovod import Average, Sum, _check_process_set, op_of, size
-from .tensors import view
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, named_parameters, compression, backward_passes_per_step, op,
-                 gradient_predivide_factor, sparse_as_dense, original):
+                 gradient_predivide_factor, sparse_as_dense, original, num_groups, groups):
         super(self.__class__, self).__init__(params)
         if original.state:
             self.load_state_dict(original.state_dict())
@@ -52,10 +51,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._names = self._parameter_names(named_parameters, all_params)
         self._requires_update = [p for p in all_params if p.requires_grad]
         self._delay = {p: backward_passes_per_step for p in self._requires_update}
-        self._handles = {}
+        rop = "avg" if op == Average and self._predivide == 1.0 else "sum"
+        self._buckets = _buckets.Buckets(  # collective: duplicates the world communicator
+            _buckets.plan(self._requires_update, groups, num_groups), rop)
         self._synchronized = False
         self._should_synchronize = True
-        _init()  # collective: the engine's channel exists before the first hook fires
         self._hooks = [p.register_post_accumulate_grad_hook(self._hook)
                        for p in self._requires_update]
 
@@ -81,16 +81,25 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     # -- during backward -------------------------------------------------------------------
     def _hook(self, p):
-        if p in self._handles:
+        if self._buckets.has(p):
             raise AssertionError(
                 f"the gradient of {self._names[p]!r} was computed more than "
                 f"backward_passes_per_step={self.backward_passes_per_step} times before "
                 "step(); raise backward_passes_per_step to accumulate locally")
         self._delay[p] -= 1
         if self._delay[p] == 0:
-            self._handles[p] = self._submit(p)
+            self._submit(p)
 
     def _submit(self, p):
+        """Hand ``p``'s gradient to its bucket; a local failure goes to the bucket too (its
+        collective raises it on every rank), then raises here."""
+        try:
+            self._hand_in(p)
+        except Exception as exc:
+            self._buckets.fail(p, exc)
+            raise
+
+    def _hand_in(self, p):
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         if p.grad.layout != torch.strided:
@@ -98,38 +107,28 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"the gradient of {self._names[p]!r} is sparse; pass "
                                 "sparse_as_dense=True to reduce it as a dense tensor")
             p.grad = p.grad.to_dense()
-        grad = p.grad.detach()
-        rop = "avg" if self._op == Average and self._predivide == 1.0 else "sum"
-        wire, compression = split(self._compression, grad, rop)
-        x, ctx = compression.compress(grad)
-        if self._op == Average and self._predivide != 1.0:
-            x = x / self._predivide  # a copy: the gradient itself is rewritten at the end
-        if not x.is_contiguous():
-            x = x.contiguous()
-        v = view(x)
-        handle = _allreduce_async(v, rop, name=self._names[p], out=v, compression=wire)
-        return handle, x, ctx, compression
+        predivide = self._predivide if self._op == Average else 1.0
+        self._buckets.add(p, p.grad.detach(), self._compression, predivide)
 
     # -- step ------------------------------------------------------------------------------
     def synchronize(self):
-        """Wait for every gradient's allreduce (submitting the ones whose hook did not
+        """Wait for every gradient's allreduce (handing in the ones whose hook did not
         fire) and write the results into ``p.grad``."""
+        error = None
         for p in self._requires_update:
-            if p not in self._handles:
-                self._handles[p] = self._submit(p)
+            if not self._buckets.has(p):
+                try:
+                    self._submit(p)
+                except Exception as exc:  # noqa: BLE001 - its bucket raises it everywhere
+                    error = error or exc
         post = self._predivide / size() if self._op == Average and self._predivide != 1.0 else 1.0
         try:
-            for p, (handle, x, ctx, compression) in self._handles.items():
-                handle.wait()
-                result = compression.decompress(x, ctx)
-                if post != 1.0:
-                    result = result * post
-                if result.data_ptr() != p.grad.data_ptr():
-                    p.grad.copy_(result)
+            self._buckets.finish(post)
         finally:
-            self._handles.clear()
             for p in self._requires_update:
                 self._delay[p] = self.backward_passes_per_step
+        if error is not None:
+            raise error
         self._synchronized = True
 
     @contextlib.contextmanager
@@ -144,7 +143,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def step(self, closure=None):
         if self._should_synchronize:
-            if self._synchronized and not self._handles:
+            if self._synchronized and not self._buckets.pending():
                 warnings.warn("optimizer.step() called after optimizer.synchronize() without "
                               "skip_synchronize(): the gradients are reduced again only if a "
                               "backward pass ran in between", stacklevel=2)
@@ -153,7 +152,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         return super(self.__class__, self).step(closure)
 
     def zero_grad(self, set_to_none=True):
-        if self._handles:
+        if self._buckets.pending():
             raise AssertionError("optimizer.zero_grad() was called after loss.backward() but "
                                  "before optimizer.step() or optimizer.synchronize(): the "
                                  "gradients are still being reduced")
@@ -165,8 +164,9 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
                          num_groups=0, groups=None, sparse_as_dense=False, process_set=None):
     """Wrap ``optimizer`` so that its gradients are averaged over all ranks during backward
     (module docstring). Returns an optimizer of the same class (a subclass made on the fly,
-    as Horovod does). ``num_groups`` and ``groups`` are accepted for compatibility; fusion is
-    the engine's (tensors that are ready within one cycle travel together)."""
+    as Horovod does). ``groups`` (lists of parameters reduced together, the others one by
+    one) or ``num_groups`` (that many buckets of consecutive parameters) replace the default
+    buckets of about 25 MiB, as in Horovod."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"DistributedOptimizer wraps a torch.optim.Optimizer, got "
                         f"{type(optimizer).__name__}")
@@ -174,4 +174,4 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
                dict(_DistributedOptimizer.__dict__))
     return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
-               op, gradient_predivide_factor, sparse_as_dense, optimizer)
+               op, gradient_predivide_factor, sparse_as_dense, optimizer, num_groups, groups)

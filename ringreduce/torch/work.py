@@ -18,10 +18,23 @@ the collective is done or raises the error every rank got; ``get_future()`` is w
 waits on.
 """
 import collections
+import contextlib
 import threading
 
 import torch
 import torch.distributed as dist
+
+
+def device_context(tensors):
+    """The Numba context of the tensors' GPU for the thread that runs the collective (the
+    current device is per thread), or nothing for CPU tensors."""
+    t = next((t for t in tensors if isinstance(t, torch.Tensor) and t.is_cuda), None)
+    if t is None:
+        return contextlib.nullcontext()
+    from ..memory.cuda import require_cuda
+    # Work the caller queued on its stream must be done before the collective reads.
+    torch.cuda.current_stream(t.device).synchronize()
+    return require_cuda().cuda.gpus[t.device.index or 0]
 
 
 class Work(dist._Work):
