@@ -27,7 +27,6 @@ step adds two bfloat16 values in float32 and rounds once to nearest-even.
 
 Point-to-point calls, ``all_to_all``, ``gather`` and ``scatter`` are not served.
 """
-import contextlib
 
 import numpy as np
 import torch
