@@ -90,17 +90,17 @@ def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     agreed = not err
     b = 0  # bufs[b] holds this rank's partial result, bufs[1 - b] what a partner sent
     for action, peer in st.plan:
-        if action == "give" or action == "return":
-            c.send(msgs[b], peer, TAG_FOLD)
-            continue
-        if action == "take":
+        if action == "exchange":  # first: the only step at 2 ranks (and 4, 8, ...)
+            c.sendrecv(msgs[b], peer, bufs[1 - b], peer, TAG_FOLD)
+        elif action == "absorb":
+            c.recv(bufs[1 - b], peer, TAG_FOLD)
+        elif action == "take":
             c.recv(bufs[b], peer, TAG_FOLD)
             agreed = agreed and heads[b] == mine
             continue
-        if action == "exchange":
-            c.sendrecv(msgs[b], peer, bufs[1 - b], peer, TAG_FOLD)
-        else:  # absorb
-            c.recv(bufs[1 - b], peer, TAG_FOLD)
+        else:  # give, return
+            c.send(msgs[b], peer, TAG_FOLD)
+            continue
         if agreed and heads[1 - b] == mine:
             if nbytes:
                 # Same signature on both sides so far: same count, dtype and op, so reduce

@@ -119,6 +119,7 @@ def mpi_library():
 _dups = {}  # (user communicator handle, purpose) -> (user comm, its group, duplicate)
 _made = []  # every mpi4py communicator the library made and has not forgotten (for revoking)
 _world = MPI.COMM_WORLD  # what comm=None means; see world() and reset()
+_world_comm = None  # get_comm(None), once made; forgotten by reset()
 # Called by reset(): layers that keep state of their own per communicator (the node split,
 # shared-memory windows) register here how to forget it.
 on_reset = []
@@ -210,9 +211,10 @@ def reset(new_world=None):
     (collectively, as at start-up). Local. Nothing old is freed: freeing is collective, and
     the old communicators may hold a dead rank. ``ringreduce.elastic`` calls it after
     shrinking the world; the background engine has its own ``ENGINE.reset``."""
-    global _world
+    global _world, _world_comm
     _dups.clear()
     _made.clear()
+    _world_comm = None
     _world = MPI.COMM_WORLD if new_world is None else new_world
     for forget in on_reset:
         forget()
@@ -246,8 +248,12 @@ def get_comm(comm=None):
 
     The first call on a communicator is collective (it duplicates it), as is every allreduce.
     """
+    global _world_comm
     if comm is None:
-        comm = _world
+        if _world_comm is not None:  # the commonest case, checked first: it is hot
+            return _world_comm
+        _world_comm = _private(_world, "collectives", _new_comm)
+        return _world_comm
     if isinstance(comm, Comm):
         return comm
     cached = _dups.get((comm.handle, "collectives"))
