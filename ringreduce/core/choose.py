@@ -21,14 +21,15 @@ AUTO_SHM_BYTES = 32 << 10
 # ... and up to here (exclusive); larger messages take the ring. At 2 ranks shm's copies into
 # the window ran 1.2-2.8x slower than the ring from 1 MiB up in 4-5 of 10 runs (its writes
 # to lines the other core had just read were 5x slower; docs/benchmarks.md, "Shared-memory
-# allreduce") and won by 10-20% in the others. So 1 MiB, but where the MPI library differs:
-AUTO_SHM_MAX_BYTES = 1 << 20
-# Per MPI library (``MPI.get_vendor()[0]``), measured three jobs each (docs/benchmarks.md,
-# "MPICH and Open MPI"): under Open MPI the ring is slower than MPI's own allreduce at 1 MiB
-# (1.08x, 1.05-1.10) and shm well ahead (0.68x, 0.65-0.71), at 4 MiB the ring ahead (0.90
-# against 1.05); under MPICH the two alternate at 1 MiB from run to run (shm 0.53-0.81, ring
-# 0.58-0.87 over nine runs), so MPICH keeps 1 MiB.
-SHM_MAX_BY_LIBRARY = {"Open MPI": 2 << 20}
+# allreduce") and won by 10-20% in the others. At 1 MiB it has led over the ring in every
+# later table of both MPIs: under Open MPI 0.68x native against the ring's 1.08x (three
+# jobs), under MPICH 0.53x against 0.84x in the three jobs of "MPICH and Open MPI" (now) and
+# 0.53-0.81 against 0.58-0.87 over nine runs before; at 2 MiB the two alternate from job to
+# job (shm 0.54-0.98, ring 0.58-0.88 in four), at 4 MiB the ring leads. So 2 MiB, on both:
+AUTO_SHM_MAX_BYTES = 2 << 20
+# A library whose measurements differ gets its own limit here, by ``MPI.get_vendor()[0]``
+# ("MPICH", "Open MPI"); none does now (MPICH's was 1 MiB while its 1 MiB runs alternated).
+SHM_MAX_BY_LIBRARY = {}
 # Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
 # (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8
 # ranks per node: over 25 GbE and 100 Gb InfiniBand at 16 to 1,024 ranks the cost model

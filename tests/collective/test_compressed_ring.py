@@ -24,7 +24,7 @@ WIRE = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16)}
 U = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 LENGTHS = sorted({0, 1, max(P - 1, 1), 2, 3, 13, 997, 7919})
 # 2 bytes an element on the wire: "auto" runs the ring from 512 KiB * sqrt(max(p, 4) / 4),
-# and on one node from where shm stops for this MPI library (1 MiB; 2 MiB under Open MPI).
+# and on one node from where shm stops for this MPI library (2 MiB).
 AUTO_RING = max(600_011, shm_max_bytes(mpi_library()) // 2 + 11)
 
 

@@ -228,13 +228,17 @@ def test_auto_ring_threshold_grows_with_sqrt_p():
     assert model.cluster_time("ring", 4 * n, 128, 8, net) < model.cluster_time("rhd", 4 * n, 128, 8, net)
 
 
-def test_shm_reaches_further_under_open_mpi():
-    """The per-library rule: shm up to 2 MiB under Open MPI, 1 MiB elsewhere (core/choose.py
-    gives the measurements); the ring beyond, and off one node never shm."""
-    from ringreduce.core.choose import choose_algorithm, shm_max_bytes
-    ompi, mpich = shm_max_bytes("Open MPI"), shm_max_bytes("MPICH")
-    assert (ompi, mpich, shm_max_bytes(None)) == (2 << 20, 1 << 20, 1 << 20)
-    assert choose_algorithm(1 << 20, 2, True, ompi) == "shm"
-    assert choose_algorithm(1 << 20, 2, True, mpich) == "ring"
-    assert choose_algorithm(2 << 20, 2, True, ompi) == "ring"
-    assert choose_algorithm(1 << 20, 2, False, ompi) == "ring"
+def test_shm_limit_per_library(monkeypatch):
+    """shm up to 2 MiB (exclusive) under both MPIs (core/choose.py gives the measurements),
+    the ring beyond, and off one node never shm; a library listed in SHM_MAX_BY_LIBRARY
+    gets its own limit."""
+    from ringreduce.core import choose
+    ompi, mpich = choose.shm_max_bytes("Open MPI"), choose.shm_max_bytes("MPICH")
+    assert (ompi, mpich, choose.shm_max_bytes(None)) == (2 << 20, 2 << 20, 2 << 20)
+    assert choose.choose_algorithm(1 << 20, 2, True, mpich) == "shm"
+    assert choose.choose_algorithm((2 << 20) - 4, 3, True, ompi) == "shm"
+    assert choose.choose_algorithm(2 << 20, 2, True, ompi) == "ring"
+    assert choose.choose_algorithm(1 << 20, 2, False, ompi) == "ring"
+    monkeypatch.setitem(choose.SHM_MAX_BY_LIBRARY, "Some MPI", 1 << 20)
+    lim = choose.shm_max_bytes("Some MPI")
+    assert lim == 1 << 20 and choose.choose_algorithm(1 << 20, 2, True, lim) == "ring"
