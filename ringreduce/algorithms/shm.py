@@ -164,6 +164,7 @@ class _Window:
         self.flags[self.rank][0] = 0
         self.epoch = 0
         self.typed = {}
+        self.planned = {}
         # One passive-target epoch for the window's life, so Win.Sync may be called (MPI-3
         # requires an access epoch for MPI_Win_sync); NOCHECK: nobody ever locks exclusively.
         self.win.Lock_all(MPI.MODE_NOCHECK)
@@ -184,6 +185,36 @@ class _Window:
                 slots.append([v[:v.size - v.size % dtype.itemsize].view(dtype) for v in s])
                 results.append([v[:v.size - v.size % dtype.itemsize].view(dtype) for v in r])
             got = self.typed[dtype] = (slots, results)
+        return got
+
+    def rounds(self, n, blk, dtype):
+        """The rounds of a call on ``n`` elements of ``dtype`` in blocks of ``blk``, as this
+        rank runs them, with the window's side of every copy and reduction already sliced:
+        ``(lo, hi, my slice's start, its stop, slot head, slot tail, my result area, the
+        slots I reduce, [(start, stop, result area)] of every non-empty slice)``; ``None``
+        where a piece is empty, and in the reduced slots where my own input goes. Made once
+        per (n, blk, dtype) and window: a call of a few hundred KiB is mostly such slicing."""
+        key = (n, blk, dtype)
+        got = self.planned.get(key)
+        if got is not None:
+            return got
+        if len(self.planned) > 256:
+            self.planned.clear()
+        slots, results = self.views(dtype)
+        me, got = self.rank, []
+        for k, lo in enumerate(range(0, n, blk)):
+            i, hi = k & 1, min(lo + blk, n)
+            bounds = chunk_bounds(hi - lo, self.p)
+            s_lo, s_hi = bounds[me]
+            slot = slots[me][i]
+            head = slot[:s_lo] if s_lo > 0 else None
+            tail = slot[s_hi:hi - lo] if lo + s_hi < hi else None
+            res = results[me][i][:s_hi - s_lo] if s_hi > s_lo else None
+            ins = [None if j == me else slots[j][i][s_lo:s_hi] for j in range(self.p)]
+            outs = [(lo + a, lo + b, results[j][i][:b - a])
+                    for j, (a, b) in enumerate(bounds) if b > a]
+            got.append((lo, hi, s_lo, s_hi, head, tail, res, ins, outs))
+        got = self.planned[key] = tuple(got)
         return got
 
     def barrier(self):
@@ -208,6 +239,7 @@ class _Window:
         """Collective over the node. The views go first: they point into the window."""
         _live.remove(self)
         self.typed.clear()
+        self.planned.clear()
         self.flags = self.bases = None
         self.win.Unlock_all()
         self.win.Free()
@@ -282,55 +314,55 @@ def shm(comm, sendbuf, recvbuf, reduce, segment_elems):
     q = st.q
     blk = min(n, q * segment_elems, max(segment_elems, _MAX_BLOCK_BYTES // dtype.itemsize))
     win = st.window_for(blk * dtype.itemsize)
-    slots, results = win.views(dtype)
-    me = win.rank
     cross = st.cross
-    from ..kernels.cpu import first_kernel
-    first = first_kernel(reduce)  # fused copy-and-reduce for the first two operands, if any
-    blocks = [(lo, min(lo + blk, n)) for lo in range(0, n, blk)]
-    slices = {}
-
-    def slices_of(m):
-        got = slices.get(m)
-        if got is None:
-            got = slices[m] = chunk_bounds(m, q)
-        return got
-
-    def copy_out(k):
-        lo, hi = blocks[k]
-        for j, (s_lo, s_hi) in enumerate(slices_of(hi - lo)):
-            if s_hi > s_lo:
-                recvbuf[lo + s_lo:lo + s_hi] = results[j][k & 1][:s_hi - s_lo]
-
-    for k, (lo, hi) in enumerate(blocks):
-        i = k & 1
-        s_lo, s_hi = slices_of(hi - lo)[me]
+    first = _first(reduce)  # fused copy-and-reduce for the first two operands, if any
+    rounds = win.rounds(n, blk, dtype)
+    for k, (lo, hi, s_lo, s_hi, head, tail, res, ins, outs) in enumerate(rounds):
         # A: copy in everything but my own slice, which only I read.
-        slot = slots[me][i]
-        if s_lo > 0:
-            slot[:s_lo] = sendbuf[lo:lo + s_lo]
-        if lo + s_hi < hi:
-            slot[s_hi:hi - lo] = sendbuf[lo + s_hi:hi]
+        if head is not None:
+            head[...] = sendbuf[lo:lo + s_lo]
+        if tail is not None:
+            tail[...] = sendbuf[lo + s_hi:hi]
         win.barrier()
         if k:
-            copy_out(k - 1)
+            _copy_out(recvbuf, rounds[k - 1][8])
         # C: my slice, rank 0's operand first, the rest in rank order.
-        if s_hi > s_lo:
-            res = results[me][i][:s_hi - s_lo]
-            ins = [sendbuf[lo + s_lo:lo + s_hi] if j == me else slots[j][i][s_lo:s_hi]
-                   for j in range(q)]
-            if q > 1 and first is not None:
-                first(res, ins[0], ins[1])
+        if res is not None:
+            mine = sendbuf[lo + s_lo:lo + s_hi]
+            ops = [mine if a is None else a for a in ins]
+            if len(ops) > 1 and first is not None:
+                first(res, ops[0], ops[1])
             else:
-                res[...] = ins[0]
-                if q > 1:
-                    reduce(res, ins[1])
-            for j in range(2, q):
-                reduce(res, ins[j])
-        if cross is not None:
-            # Every node's rank ``me`` holds its node's sum of the same slice: combine them.
-            # All nodes cut blocks and slices alike, so the ring runs on agreed lengths.
-            if s_hi > s_lo:
+                res[...] = ops[0]
+                if len(ops) > 1:
+                    reduce(res, ops[1])
+            for j in range(2, len(ops)):
+                reduce(res, ops[j])
+            if cross is not None:
+                # Every node's rank ``me`` holds its node's sum of the same slice: combine
+                # them. All nodes cut blocks and slices alike, so the ring runs on agreed
+                # lengths.
                 ring(cross, res, res, reduce, segment_elems)
     win.barrier()
-    copy_out(len(blocks) - 1)
+    _copy_out(recvbuf, rounds[-1][8])
+
+
+def _copy_out(recvbuf, outs):
+    """E: every result slice of one round (``outs``: (start, stop, result area)) into
+    ``recvbuf``."""
+    for lo, hi, res in outs:
+        recvbuf[lo:hi] = res
+
+
+_FIRST = {}
+
+
+def _first(reduce):
+    """``kernels.cpu.first_kernel(reduce)``, looked up once per kernel (imported late: the
+    kernels module is not needed to create a window)."""
+    try:
+        return _FIRST[reduce]
+    except KeyError:
+        from ..kernels.cpu import first_kernel
+        got = _FIRST[reduce] = first_kernel(reduce)
+        return got
