@@ -33,13 +33,15 @@ class CommState:
     - ``fusion``: fusion and compression buffers by ``(memory, purpose, dtype)`` (``memory/``);
     - ``results``: the blocks of out-of-place grouped results (``memory/pool.py``);
     - ``device``: the device transport with its pinned staging buffers
-      (``transport/device.py``).
+      (``transport/device.py``);
+    - ``choices``: what "auto" chose, by (memory, bytes) (``collectives/run.py``).
     """
-    __slots__ = ("header", "levels", "shm", "fusion", "results", "device")
+    __slots__ = ("header", "levels", "shm", "fusion", "results", "device", "choices")
 
     def __init__(self):
         self.header = self.levels = self.shm = self.results = self.device = None
         self.fusion = {}
+        self.choices = {}
 
 
 class Comm:
