@@ -49,7 +49,7 @@ def is_bfloat16(dtype):
 # Every collective; its index leads the signature, so ranks in different collectives never
 # agree whatever their arguments.
 CALLS = ("allreduce", "grouped_allreduce", "broadcast", "allgather", "reduce_scatter",
-         "barrier")
+         "barrier", "DistributedOptimizer")
 
 _MASK = 0x7FFFFFFFFFFFFFFF
 

@@ -22,10 +22,11 @@ the step took 1.3x its compute; the buckets cost what one grouped call after bac
 import threading
 
 from ..collectives.grouped import grouped_allreduce
-from ..collectives.header import fail_everywhere
+from ..collectives.header import fail_everywhere, negotiate
+from ..core.tables import signature
 from ..transport.comm import PoliteComm, world
 from .compression import split
-from .tensors import view
+from .tensors import DTYPES, view
 from .work import Executor, device_context
 
 # DDP's default bucket_cap_mb: large enough that few collectives run per step, small enough
@@ -97,6 +98,7 @@ class Buckets:
         self.comm, self.exec = _shared()
         self.lock = threading.Lock()
         self.reset()
+        _agree(self.comm, buckets)
 
     def reset(self):
         self.slots = [dict() for _ in self.buckets]
@@ -177,6 +179,23 @@ class Buckets:
                     s.p.grad.copy_(result)
         if error is not None:
             raise error
+
+
+def _agree(comm, buckets):
+    """Every rank cut the same buckets of the same parameters (collective): else a rank with
+    more buckets than another would wait in a collective the other never enters. A model
+    that differs between ranks is a MismatchError on every rank, naming the first parameter
+    (in bucket order) that differs."""
+    ps = [p for b in buckets for p in b]
+    shapes = tuple(tuple(p.shape) for p in ps)
+    dtypes = tuple(str(p.dtype) for p in ps)
+    sig = signature("DistributedOptimizer", len(ps), shapes,
+                    tuple(DTYPES.index(p.dtype) if p.dtype in DTYPES else -1 for p in ps),
+                    tuple(len(b) for b in buckets), tuple(int(p.is_cuda) for p in ps))
+    negotiate(comm, sig, None, lambda: {
+        "call": "DistributedOptimizer", "tensors": len(ps), "shapes": shapes,
+        "dtypes": dtypes, "buckets": tuple(len(b) for b in buckets),
+        "devices": tuple(str(p.device) for p in ps)})
 
 
 _SHARED = {}

@@ -32,7 +32,7 @@ SUPPORTED_OPS = "SUM, AVG, MIN, MAX, PRODUCT"
 
 # What the kernels reduce (core.tables.DTYPES): every torch dtype that numpy can view, and
 # bfloat16 through its bits.
-_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16,
+DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16,
            torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 DTYPE_NAMES = ("int8, uint8, int16, int32, int64, float16, bfloat16, float32, float64, "
                "complex64, complex128")
@@ -58,7 +58,7 @@ def check_tensor(t, what="tensor"):
     if t.layout != torch.strided:
         raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}; "
                         "convert it with .to_dense() first")
-    if t.dtype not in _DTYPES:
+    if t.dtype not in DTYPES:
         raise TypeError(f"{what} has dtype {t.dtype}; ringreduce takes {DTYPE_NAMES}")
     if t.device.type not in ("cpu", "cuda"):
         raise TypeError(f"{what} must be on the CPU or a CUDA device, got device {t.device}")

@@ -6,6 +6,7 @@ import pytest
 
 from _torch import P, RANK, every_rank_raises, gloo_world, ringreduce_world, torch
 import ringreduce.torch as hvd
+from ringreduce.errors import MismatchError
 from ringreduce.torch import buckets
 
 nn = torch.nn
@@ -141,3 +142,24 @@ def test_a_gradient_one_rank_cannot_hand_in_raises_everywhere(gloo):
     grads = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
     everyone = hvd.allgather(grads.reshape(1, -1))
     assert all(torch.equal(everyone[r], everyone[0]) for r in range(P))
+
+
+def test_a_model_that_differs_between_ranks_is_refused_on_every_rank(gloo):
+    """Different layer sizes, or (at more than one rank) one more layer on the last rank:
+    its buckets would not line up, so the optimizer refuses at construction, on every rank,
+    instead of a rank waiting in a bucket the others never reduce."""
+    torch.manual_seed(0)
+    width = 5 + (RANK == P - 1 and P > 1)
+    net = nn.Sequential(nn.Linear(6, width), nn.Linear(width, 3)).double()
+    base = torch.optim.SGD(net.parameters(), lr=0.1)
+    if P == 1:
+        hvd.DistributedOptimizer(base, named_parameters=net.named_parameters())
+        return
+    every_rank_raises(lambda: hvd.DistributedOptimizer(
+        base, named_parameters=net.named_parameters()), MismatchError,
+        "Mismatched DistributedOptimizer tensor shapes")
+    layers = [nn.Linear(6, 6) for _ in range(2 + (RANK == P - 1))]
+    extra = nn.Sequential(*layers).double()
+    every_rank_raises(lambda: hvd.DistributedOptimizer(
+        torch.optim.SGD(extra.parameters(), lr=0.1), num_groups=len(layers)),
+        MismatchError, "Mismatched DistributedOptimizer tensor counts")
