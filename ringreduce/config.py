@@ -41,6 +41,10 @@ DEFAULTS = {
     # (COMM_TYPE_SHARED); k > 0 makes pretend nodes of k consecutive ranks, to try the
     # two-level path on one machine.
     "RINGREDUCE_LOCAL_SIZE": 0,
+    # A tuning file written by ``python -m ringreduce.tune``: "auto"'s thresholds measured on
+    # this machine, by MPI library, rank count and whether the ranks share one node. Unset:
+    # the built-in rule (core/choose.py).
+    "RINGREDUCE_TUNING_FILE": "",
 }
 
 
@@ -54,6 +58,7 @@ class Config:
     stall_shutdown_seconds: float
     segment_bytes: int
     local_size: int
+    tuning_file: tuple  # the file's entries (read_tuning), compared across ranks
 
     def items(self):
         return [(f"RINGREDUCE_{f.name.upper()}", v) for f, v in zip(fields(self), astuple(self))]
@@ -107,7 +112,47 @@ def parse(env=None):
     local = _number("RINGREDUCE_LOCAL_SIZE", str(get("RINGREDUCE_LOCAL_SIZE")), int, 0,
                     "a whole number of ranks per node >= 0 (0 uses the nodes MPI reports)")
     timeline = str(get("RINGREDUCE_TIMELINE"))
-    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg, local)
+    tuning = str(get("RINGREDUCE_TUNING_FILE"))
+    entries = read_tuning(tuning, "RINGREDUCE_TUNING_FILE") if tuning else ()
+    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg, local, entries)
+
+
+# A tuning file: JSON {"ringreduce_tuning": 1, "entries": [{ENTRY}, ...]}, each entry naming
+# the MPI library (MPI.get_vendor()[0]), the rank count, whether every rank shares one node,
+# and the three thresholds of core.choose.Rule in bytes (other keys, such as the timings the
+# thresholds came from, are kept in the file and ignored here).
+TUNING_KEYS = ("library", "ranks", "one_node", "shm_min", "shm_max", "ring")
+
+
+def read_tuning(path, what="tuning file"):
+    """The entries of the tuning file at ``path`` as a sorted tuple of
+    ``(library, ranks, one_node, shm_min, shm_max, ring)``; ValueError naming ``what`` for a
+    file that cannot be read or is not one."""
+    import json
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{what}={path!r} cannot be read as a ringreduce tuning file "
+                         f"(python -m ringreduce.tune writes one): {exc}") from None
+    if not isinstance(data, dict) or data.get("ringreduce_tuning") != 1 or not isinstance(
+            data.get("entries"), list):
+        raise ValueError(f"{what}={path!r} is not a ringreduce tuning file: expected "
+                         '{"ringreduce_tuning": 1, "entries": [...]}')
+    out = {}
+    for i, e in enumerate(data["entries"]):
+        try:
+            lib, ranks, one, lo, hi, ring = (e[k] for k in TUNING_KEYS)
+        except (KeyError, TypeError):
+            raise ValueError(f"{what}={path!r}: entry {i} needs the keys "
+                             f"{', '.join(TUNING_KEYS)}, got {e!r}") from None
+        if not (isinstance(lib, str) and is_whole(ranks, 2) and isinstance(one, bool)
+                and all(is_whole(v, 0) for v in (lo, hi, ring)) and lo <= hi):
+            raise ValueError(f"{what}={path!r}: entry {i} is not valid: expected a library "
+                             "name, ranks >= 2, one_node true or false and byte thresholds "
+                             f">= 0 with shm_min <= shm_max, got {e!r}")
+        out[(lib, ranks, one)] = (lib, ranks, one, lo, hi, ring)
+    return tuple(out[k] for k in sorted(out))
 
 
 

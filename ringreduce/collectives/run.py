@@ -1,7 +1,8 @@
 """Run one algorithm on buffers every rank already agreed on (no header)."""
 from ..algorithms import ALGORITHMS
 from ..algorithms.shm import on_one_node
-from ..core.choose import choose_algorithm, may_use_shm, shm_max_bytes
+from ..config import get_config
+from ..core.choose import Rule, choose_algorithm, may_use_shm, shm_max_bytes
 from ..transport.comm import mpi_library
 
 
@@ -12,14 +13,28 @@ def auto_choice(c, mem, nbytes):
     choices = c.state.choices
     name = choices.get((mem, nbytes))
     if name is None:
-        shm_max = shm_max_bytes(mpi_library())
-        one_node = ("shm" in mem.algorithms and may_use_shm(nbytes, c.size, shm_max)
-                    and on_one_node(c))
-        name = choose_algorithm(nbytes, c.size, one_node, shm_max)
+        name = _choose(c, mem, nbytes)
         if len(choices) > 1024:
             choices.clear()
         choices[(mem, nbytes)] = name  # the same inputs give the same choice: 0.4 us a call
     return name
+
+
+def _choose(c, mem, nbytes):
+    library = mpi_library()
+    shm_max = shm_max_bytes(library)
+    host = "shm" in mem.algorithms
+    # A tuning file's rule for this library and rank count (host memory: it was measured
+    # there), by whether the ranks share a node; every rank holds the same file (the
+    # configuration is compared across ranks), so all ask on_one_node here or none does.
+    tuned = [e for e in get_config().tuning_file if e[0] == library and e[1] == c.size]
+    if tuned and host and nbytes:
+        one_node = on_one_node(c)
+        for _, _, one, lo, hi, ring in tuned:
+            if one == one_node:
+                return choose_algorithm(nbytes, c.size, one_node, rule=Rule(lo, hi, ring))
+    one_node = host and may_use_shm(nbytes, c.size, shm_max) and on_one_node(c)
+    return choose_algorithm(nbytes, c.size, one_node, shm_max)
 
 
 def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):

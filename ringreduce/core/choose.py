@@ -6,6 +6,7 @@ The thresholds come from the 2- and 4-rank tables in docs/benchmarks.md
 need host memory (``shm``) are simply never offered to them (``one_node`` is False there).
 """
 import math
+from typing import NamedTuple
 
 # Below SMALL the data rides in the header's own lg p exchanges; from RING on the ring's
 # pipelined neighbour traffic wins; rhd in between.
@@ -47,23 +48,44 @@ def shm_max_bytes(library=None):
     return SHM_MAX_BY_LIBRARY.get(library, AUTO_SHM_MAX_BYTES)
 
 
-def choose_algorithm(nbytes, p, one_node=False, shm_max=AUTO_SHM_MAX_BYTES):
+class Rule(NamedTuple):
+    """Where "auto" switches above the header-riding sizes: shm from ``shm_min`` to
+    ``shm_max`` (exclusive; equal bounds: never), when every rank shares one node; the ring
+    from ``ring`` on, rhd below it. The built-in rule is :func:`default_rule`; a tuning file
+    (``python -m ringreduce.tune``) gives measured ones."""
+    shm_min: int
+    shm_max: int
+    ring: int
+
+
+def default_rule(p, shm_max=AUTO_SHM_MAX_BYTES):
+    """The built-in rule at ``p`` ranks; ``shm_max``: :func:`shm_max_bytes` of the library."""
+    ring = math.ceil(AUTO_RING_BYTES * math.sqrt(max(p, AUTO_RING_RANKS) / AUTO_RING_RANKS))
+    return Rule(AUTO_SHM_BYTES, shm_max, ring)
+
+
+def choose_algorithm(nbytes, p, one_node=False, shm_max=AUTO_SHM_MAX_BYTES, rule=None):
     """The algorithm "auto" runs for ``nbytes`` on ``p`` ranks (every rank computes the same).
     ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank); ``shm_max``:
-    :func:`shm_max_bytes` of the MPI library (every rank runs the same one)."""
+    :func:`shm_max_bytes` of the MPI library (every rank runs the same one); ``rule``: a
+    measured :class:`Rule` instead of the built-in one (the same on every rank: it comes
+    from the agreed configuration)."""
     if p == 1 or nbytes < AUTO_SMALL_BYTES:
         return "doubling"
-    if one_node and AUTO_SHM_BYTES <= nbytes < shm_max:
+    if rule is None:
+        rule = default_rule(p, shm_max)
+    if one_node and rule.shm_min <= nbytes < rule.shm_max:
         return "shm"
-    if nbytes < AUTO_RING_BYTES * math.sqrt(max(p, AUTO_RING_RANKS) / AUTO_RING_RANKS):
+    if nbytes < rule.ring:
         return "rhd"
     return "ring"
 
 
-def may_use_shm(nbytes, p, shm_max=AUTO_SHM_MAX_BYTES):
+def may_use_shm(nbytes, p, shm_max=AUTO_SHM_MAX_BYTES, rule=None):
     """Whether "auto" would pick shm for ``nbytes`` on ``p`` ranks of one node: only then is
     the (collective, once per communicator) one-node question worth asking."""
-    return p > 1 and AUTO_SHM_BYTES <= nbytes < shm_max
+    lo, hi = (AUTO_SHM_BYTES, shm_max) if rule is None else (rule.shm_min, rule.shm_max)
+    return p > 1 and max(lo, AUTO_SMALL_BYTES) <= nbytes < hi
 
 
 def rides_in_header(nbytes, algorithm):

@@ -154,3 +154,64 @@ def test_timeline_is_valid_json_after_a_crash(tmp_path):
     assert {"WAIT_FOR_DATA", "NEGOTIATE", "QUEUE", "ALLREDUCE"} <= phases
     names = {e["args"]["name"] for e in events if e.get("ph") == "M"}
     assert {f"grad{i}" for i in range(5)} <= names
+
+
+def test_tune_writes_a_file_that_auto_then_follows(tmp_path):
+    """``python -m ringreduce.tune`` writes an entry for this library and rank count; with
+    RINGREDUCE_TUNING_FILE naming a file whose rule differs from the built-in one, "auto"
+    follows it (and reduces correctly), and without it the built-in rule holds."""
+    out = tmp_path / "tuning.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGREDUCE_")}
+    rc, text, err = _jobs.run_job([MPIEXEC, "-n", "2", sys.executable, "-m", "ringreduce.tune",
+                                   "--max-bytes", "128K", "--iters", "3", "--out", out],
+                                  env=env, timeout=120)
+    assert rc == 0, text + err
+    assert "RINGREDUCE_TUNING_FILE=" in text
+    data = json.loads(out.read_text())
+    from mpi4py import MPI
+    library = MPI.get_vendor()[0]
+    (e,) = data["entries"]
+    assert (e["library"], e["ranks"], e["one_node"]) == (library, 2, True)
+    assert set(e["measured_us"]) == {"32768", "65536", "131072"}
+    # a rule no measurement would give: no shm, the ring from 64 KiB
+    forced = tmp_path / "forced.json"
+    forced.write_text(json.dumps({"ringreduce_tuning": 1, "entries": [dict(
+        library=library, ranks=2, one_node=True, shm_min=0, shm_max=0, ring=64 << 10)]}))
+    script = """
+        import numpy as np, ringreduce as rr
+        from mpi4py import MPI
+        from ringreduce.collectives.run import auto_choice
+        from ringreduce.memory import HOST
+        from ringreduce.transport.comm import get_comm
+        comm = MPI.COMM_WORLD
+        x = np.random.default_rng(comm.Get_rank()).standard_normal(32768)  # 256 KiB
+        ref = np.empty_like(x)
+        comm.Allreduce(x, ref)
+        got = rr.allreduce(x)
+        c = get_comm()
+        print(f"rank {comm.Get_rank()} chose {auto_choice(c, HOST, x.nbytes)} "
+              f"{auto_choice(c, HOST, 48 << 10)} ok {np.allclose(got, ref, rtol=1e-13)}",
+              flush=True)
+    """
+    rc, text, _ = run_job(tmp_path, script, env={"RINGREDUCE_TUNING_FILE": str(forced)})
+    assert rc == 0, text
+    for r in (0, 1):
+        assert f"rank {r} chose ring rhd ok True" in text, text
+    rc, text, _ = run_job(tmp_path, script)
+    assert rc == 0, text
+    for r in (0, 1):
+        assert f"rank {r} chose shm shm ok True" in text, text
+
+
+def test_ranks_with_different_tuning_files_are_told(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for path, ring in ((a, 1 << 20), (b, 2 << 20)):
+        path.write_text(json.dumps({"ringreduce_tuning": 1, "entries": [dict(
+            library="MPICH", ranks=2, one_node=True, shm_min=0, shm_max=0, ring=ring)]}))
+    rc, out, _ = run_job(tmp_path, REPORT_VALUE_ERROR,
+                         sections=[(1, {"RINGREDUCE_TUNING_FILE": str(a)}),
+                                   (1, {"RINGREDUCE_TUNING_FILE": str(b)})])
+    assert rc == 0, out
+    for r in (0, 1):
+        line = value_error_line(out, r)
+        assert "RINGREDUCE_TUNING_FILE" in line and "different" in line
