@@ -95,10 +95,9 @@ class Buckets:
         self.buckets = buckets
         self.op = op  # "avg" or "sum"
         self.where = {p: k for k, b in enumerate(buckets) for p in b}
-        self.comm, self.exec = _shared()
         self.lock = threading.Lock()
         self.reset()
-        _agree(self.comm, buckets)
+        _agree(_shared()[0], buckets)
 
     def reset(self):
         self.slots = [dict() for _ in self.buckets]
@@ -136,11 +135,12 @@ class Buckets:
         while self.next < len(self.buckets) and len(self.slots[self.next]) == len(
                 self.buckets[self.next]):
             slots = [self.slots[self.next][p] for p in self.buckets[self.next]]
-            self.works.append((slots, self.exec.run(self._collective(slots), True)))
+            comm, executor = _shared()  # the world's now (ringreduce.elastic may replace it)
+            self.works.append((slots, executor.run(self._collective(comm, slots), True)))
             self.next += 1
 
-    def _collective(self, slots):
-        comm, op = self.comm, self.op
+    def _collective(self, comm, slots):
+        op = self.op
         error = next((s.error for s in slots if s.error is not None), None)
         if error is not None:
             return lambda: fail_everywhere(comm, error)
