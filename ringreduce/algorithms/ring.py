@@ -70,17 +70,18 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems, wire=None):
         return
     bounds = chunk_bounds(sendbuf.size, p)
     lo, hi = bounds[owned_chunk(comm.rank, p)]
+    # A finished segment of the owned chunk goes out as the allgather's first send as soon
+    # as it is reduced (sent=), not after the whole reduce-scatter (see above).
+    early = []
     if wire is None:
-        # A finished segment of the owned chunk goes out as the allgather's first send as
-        # soon as it is reduced (sent=), not after the whole reduce-scatter (see above).
-        early = []
         reduce_scatter(comm, sendbuf, recvbuf[lo:hi], reduce, segment_elems, bounds, in_place,
                        sent=early)
         allgather(comm, recvbuf, segment_elems, bounds, sent=early)
     else:
         reduce_scatter(comm, sendbuf, wire.moved[lo:hi], reduce, segment_elems, bounds,
-                       wire=wire, widened=recvbuf[lo:hi])
-        allgather(comm, wire.moved, segment_elems, bounds, wire=wire, widened=recvbuf)
+                       wire=wire, widened=recvbuf[lo:hi], sent=early)
+        allgather(comm, wire.moved, segment_elems, bounds, wire=wire, widened=recvbuf,
+                  sent=early)
 
 
 def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=False,
