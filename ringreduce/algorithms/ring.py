@@ -26,13 +26,7 @@ Pipelining: each chunk moves in *segments* of at most ``segment_elems`` elements
 reduced as soon as it arrives and forwarded at once, so the reduction of one segment overlaps
 the transfer of the next, and the next step's receives are posted one step ahead. Three
 rotating scratch buffers of one chunk each make that safe: one being received into, one being
-sent from, one pre-posted for the step after. The allgather starts inside the reduce-scatter:
-each segment of the owned chunk is sent on the moment its last reduction is done (it is final
-and never written again), while the other segments are still arriving; the allgather's
-receives are posted once the reduce-scatter's sends are done, since in place they land where
-those sends read. Measured at 2 ranks (docs/benchmarks.md, "Ring: the allgather inside the
-reduce-scatter"): 0.73-0.90x the time of allgathering after the whole reduce-scatter at 4-16
-MiB on both MPIs, the same at 1 and 64 MiB.
+sent from, one pre-posted for the step after.
 
 Cost (alpha: per message, beta: per byte sent, gamma: per byte reduced; n bytes):
     2 (p - 1) alpha  +  2 n (p - 1) / p beta  +  n (p - 1) / p gamma
@@ -70,29 +64,21 @@ def ring(comm, sendbuf, recvbuf, reduce, segment_elems, wire=None):
         return
     bounds = chunk_bounds(sendbuf.size, p)
     lo, hi = bounds[owned_chunk(comm.rank, p)]
-    # A finished segment of the owned chunk goes out as the allgather's first send as soon
-    # as it is reduced (sent=), not after the whole reduce-scatter (see above).
-    early = []
     if wire is None:
-        reduce_scatter(comm, sendbuf, recvbuf[lo:hi], reduce, segment_elems, bounds, in_place,
-                       sent=early)
-        allgather(comm, recvbuf, segment_elems, bounds, sent=early)
+        reduce_scatter(comm, sendbuf, recvbuf[lo:hi], reduce, segment_elems, bounds, in_place)
+        allgather(comm, recvbuf, segment_elems, bounds)
     else:
         reduce_scatter(comm, sendbuf, wire.moved[lo:hi], reduce, segment_elems, bounds,
-                       wire=wire, widened=recvbuf[lo:hi], sent=early)
-        allgather(comm, wire.moved, segment_elems, bounds, wire=wire, widened=recvbuf,
-                  sent=early)
+                       wire=wire, widened=recvbuf[lo:hi])
+        allgather(comm, wire.moved, segment_elems, bounds, wire=wire, widened=recvbuf)
 
 
 def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=False,
-                   wire=None, widened=None, sent=None):
+                   wire=None, widened=None):
     """The first half: afterwards ``out`` holds chunk ``owned_chunk(rank, p)`` of the
     reduction, the chunks being ``bounds`` (``[(lo, hi)]`` element ranges of ``sendbuf``, one
     per chunk index). ``in_place``: ``out`` is that chunk of ``sendbuf`` itself. With a
-    ``wire``, ``out`` holds wire values, also widened into ``widened`` segment by segment.
-    ``sent``, a list: each finished segment of ``out`` is sent on at once as the allgather's
-    first message for it, and its request appended (``allgather(sent=...)`` then sends no
-    more of the owned chunk)."""
+    ``wire``, ``out`` holds wire values, also widened into ``widened`` segment by segment."""
     p = comm.size
     cuts = getattr(sendbuf, "cuts", ())  # a Spans: no segment crosses from array to array
     segs = [segment_bounds(lo, hi, segment_elems, cuts) for lo, hi in bounds]
@@ -150,8 +136,6 @@ def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=F
                     reduce(mine, sendbuf[s_lo:s_hi])
                 if wire is not None:
                     wire.widen(widened[s_lo - base:s_hi - base], mine)
-                if sent is not None:
-                    sent.append(comm.isend(mine, comm.right, TAG_GATHER))
             else:
                 part = scratch[step % 3][s_lo - lo:s_hi - lo]
                 reduce(part, sendbuf[s_lo:s_hi])
@@ -162,13 +146,12 @@ def reduce_scatter(comm, sendbuf, out, reduce, segment_elems, bounds, in_place=F
     comm.waitall(sends)
 
 
-def allgather(comm, recvbuf, segment_elems, bounds, wire=None, widened=None, sent=None):
+def allgather(comm, recvbuf, segment_elems, bounds, wire=None, widened=None):
     """The second half: every rank holds chunk ``owned_chunk(rank, p)`` of ``recvbuf`` (the
     chunks being ``bounds``) and afterwards all of them. Every receive lands in its final
     place in ``recvbuf``, so all of them can be posted at once; each arriving segment is
     forwarded as soon as it is complete. With a ``wire``, ``recvbuf`` holds wire values and
-    each arriving segment is widened into ``widened`` after it was forwarded. ``sent``: the
-    owned chunk's sends, already made by ``reduce_scatter``."""
+    each arriving segment is widened into ``widened`` after it was forwarded."""
     p = comm.size
     cuts = getattr(recvbuf, "cuts", ())
     segs = [segment_bounds(lo, hi, segment_elems, cuts) for lo, hi in bounds]
@@ -176,8 +159,7 @@ def allgather(comm, recvbuf, segment_elems, bounds, wire=None, widened=None, sen
     recvs = [[comm.irecv(recvbuf[s_lo:s_hi], comm.left, TAG_GATHER) for s_lo, s_hi in segs[c]]
              for _, c in ag]
     mine = owned_chunk(comm.rank, p)
-    sends = sent if sent is not None else [comm.isend(recvbuf[s_lo:s_hi], comm.right, TAG_GATHER)
-                                           for s_lo, s_hi in segs[mine]]
+    sends = [comm.isend(recvbuf[s_lo:s_hi], comm.right, TAG_GATHER) for s_lo, s_hi in segs[mine]]
     for step, (_, recv_c) in enumerate(ag):
         forward = step < len(ag) - 1
         for (s_lo, s_hi), req in zip(segs[recv_c], recvs[step]):
