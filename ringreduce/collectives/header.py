@@ -20,6 +20,7 @@ import numpy as np
 from ..core.choose import PIGGYBACK_CAP
 from ..core.schedule import doubling_plan
 from ..errors import MismatchError, agree
+from ..transport.comm import message
 from ..transport.tags import TAG_FOLD
 
 _HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
@@ -43,15 +44,19 @@ class HeaderState:
                      np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
         self.headers = tuple(b[:_HEADER.size] for b in self.bufs)
         self.heads = tuple(memoryview(b)[:_HEADER.size] for b in self.bufs)  # compared as bytes
+        # What an exchange sends (the header alone) and receives into (a whole buffer).
+        self.sends = tuple(message(h) for h in self.headers)
+        self.recvs = tuple(message(b) for b in self.bufs)
         self.views = {}
 
     def payload(self, dtype, n):
-        """``(payload views, messages)``, one of each per buffer."""
+        """``(payload views, messages, their exchange messages)``, one of each per buffer."""
         v = self.views.get((dtype, n))
         if v is None:
             h, end = _HEADER.size, _HEADER.size + n * dtype.itemsize
+            msgs = tuple(b[:end] for b in self.bufs)
             v = self.views[(dtype, n)] = (tuple(b[h:end].view(dtype) for b in self.bufs),
-                                          tuple(b[:end] for b in self.bufs))
+                                          msgs, tuple(message(m) for m in msgs))
         return v
 
 
@@ -80,10 +85,11 @@ def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     mine = _HEADER.pack(sig, -sig, err)
     heads[0][:] = mine
     nbytes = 0
-    msgs = st.headers
+    msgs, sends, recvs = st.headers, st.sends, st.recvs
     if payload is not None:
         nbytes = payload.nbytes
-        views, msgs = st.payload(payload.dtype, payload.size)
+        views, msgs, sends = (st.views.get((payload.dtype, payload.size))
+                              or st.payload(payload.dtype, payload.size))
         views[0][...] = payload
     # ``agreed``: every header seen so far equals this rank's own (the common case, checked as
     # bytes); after the first difference the headers are combined field by field instead.
@@ -91,7 +97,7 @@ def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
     b = 0  # bufs[b] holds this rank's partial result, bufs[1 - b] what a partner sent
     for action, peer in st.plan:
         if action == "exchange":  # first: the only step at 2 ranks (and 4, 8, ...)
-            c.sendrecv(msgs[b], peer, bufs[1 - b], peer, TAG_FOLD)
+            c.exchange(sends[b], recvs[1 - b], peer, TAG_FOLD)
         elif action == "absorb":
             c.recv(bufs[1 - b], peer, TAG_FOLD)
         elif action == "take":

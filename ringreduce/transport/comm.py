@@ -72,6 +72,11 @@ class Comm:
     def sendrecv(self, sendbuf, dest, recvbuf, source, tag):
         self.mpi.Sendrecv([sendbuf, MPI.BYTE], dest, tag, [recvbuf, MPI.BYTE], source, tag)
 
+    def exchange(self, smsg, rmsg, peer, tag):
+        """``sendrecv`` with one ``peer``, of messages already made by :func:`message`
+        (the header pass keeps its own: 0.1 us less a call than making them each time)."""
+        self.mpi.Sendrecv(smsg, peer, tag, rmsg, peer, tag)
+
     def waitall(self, requests):
         if requests:
             MPI.Request.Waitall(requests)
@@ -108,6 +113,14 @@ class PoliteComm(Comm):
 
     def sendrecv(self, sendbuf, dest, recvbuf, source, tag):
         self.waitall([self.irecv(recvbuf, source, tag), self.isend(sendbuf, dest, tag)])
+
+    def exchange(self, smsg, rmsg, peer, tag):
+        self.waitall([self.mpi.Irecv(rmsg, peer, tag), self.mpi.Isend(smsg, peer, tag)])
+
+
+def message(buf):
+    """``buf`` as the raw-bytes message specification :meth:`Comm.exchange` takes."""
+    return [buf, MPI.BYTE]
 
 
 _LIBRARY = MPI.get_vendor()[0]  # "MPICH", "Open MPI", ...: some choices of "auto" depend on it
