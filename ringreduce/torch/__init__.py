@@ -18,8 +18,8 @@ horovod.torch's API.
 
 Modules: ``backend.py`` (the process group), ``rendezvous.py`` (``init_process_group``
 without ``MASTER_ADDR``), ``work.py`` (ordering, futures), ``tensors.py`` (tensors as
-arrays), ``hook.py`` (the DDP hooks), ``horovod.py``, ``compression.py`` and ``optimizer.py``
-(horovod.torch).
+arrays), ``hook.py`` (the DDP hooks), ``horovod.py``, ``compression.py``, ``optimizer.py`` and
+``buckets.py`` (horovod.torch; the optimizer's gradient buckets).
 torch is an optional dependency: ``pip install "ringreduce[torch]"``.
 """
 try:
