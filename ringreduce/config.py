@@ -128,13 +128,22 @@ def read_tuning(path, what="tuning file"):
     """The entries of the tuning file at ``path`` as a sorted tuple of
     ``(library, ranks, one_node, shm_min, shm_max, ring)``; ValueError naming ``what`` for a
     file that cannot be read or is not one."""
+    return tuning_entries(load_tuning(path, what), path, what)
+
+
+def load_tuning(path, what="tuning file"):
+    """The JSON of the file at ``path``, unchecked; ValueError naming ``what`` if unreadable."""
     import json
     try:
         with open(path) as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{what}={path!r} cannot be read as a ringreduce tuning file "
                          f"(python -m ringreduce.tune writes one): {exc}") from None
+
+
+def tuning_entries(data, path, what="tuning file"):
+    """:func:`read_tuning` of a tuning file's loaded JSON ``data``."""
     if not isinstance(data, dict) or data.get("ringreduce_tuning") != 1 or not isinstance(
             data.get("entries"), list):
         raise ValueError(f"{what}={path!r} is not a ringreduce tuning file: expected "

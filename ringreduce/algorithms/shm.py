@@ -69,6 +69,7 @@ from mpi4py import MPI
 
 from ..config import get_config
 from ..core.schedule import chunk_bounds
+from ..kernels.cpu import first_kernel
 from ..transport import fault
 from ..transport.comm import Comm, on_reset
 from ..transport.tags import TAG_WATCH
@@ -315,7 +316,7 @@ def shm(comm, sendbuf, recvbuf, reduce, segment_elems):
     blk = min(n, q * segment_elems, max(segment_elems, _MAX_BLOCK_BYTES // dtype.itemsize))
     win = st.window_for(blk * dtype.itemsize)
     cross = st.cross
-    first = _first(reduce)  # fused copy-and-reduce for the first two operands, if any
+    first = first_kernel(reduce)  # fused copy-and-reduce for the first two operands, if any
     rounds = win.rounds(n, blk, dtype)
     for k, (lo, hi, s_lo, s_hi, head, tail, res, ins, outs) in enumerate(rounds):
         # A: copy in everything but my own slice, which only I read.
@@ -353,16 +354,3 @@ def _copy_out(recvbuf, outs):
     for lo, hi, res in outs:
         recvbuf[lo:hi] = res
 
-
-_FIRST = {}
-
-
-def _first(reduce):
-    """``kernels.cpu.first_kernel(reduce)``, looked up once per kernel (imported late: the
-    kernels module is not needed to create a window)."""
-    try:
-        return _FIRST[reduce]
-    except KeyError:
-        from ..kernels.cpu import first_kernel
-        got = _FIRST[reduce] = first_kernel(reduce)
-        return got

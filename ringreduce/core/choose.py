@@ -81,11 +81,10 @@ def choose_algorithm(nbytes, p, one_node=False, shm_max=AUTO_SHM_MAX_BYTES, rule
     return "ring"
 
 
-def may_use_shm(nbytes, p, shm_max=AUTO_SHM_MAX_BYTES, rule=None):
+def may_use_shm(nbytes, p, shm_max=AUTO_SHM_MAX_BYTES):
     """Whether "auto" would pick shm for ``nbytes`` on ``p`` ranks of one node: only then is
     the (collective, once per communicator) one-node question worth asking."""
-    lo, hi = (AUTO_SHM_BYTES, shm_max) if rule is None else (rule.shm_min, rule.shm_max)
-    return p > 1 and max(lo, AUTO_SMALL_BYTES) <= nbytes < hi
+    return p > 1 and AUTO_SHM_BYTES <= nbytes < shm_max
 
 
 def rides_in_header(nbytes, algorithm):

@@ -27,7 +27,7 @@ from mpi4py import MPI
 
 from ..algorithms.shm import on_one_node
 from ..collectives.allreduce import allreduce
-from ..config import TUNING_KEYS, read_tuning
+from ..config import TUNING_KEYS, load_tuning, tuning_entries
 from ..core.choose import AUTO_SMALL_BYTES, Rule
 from ..transport.comm import get_comm, mpi_library
 from .bench import parse_size, time_interleaved
@@ -87,10 +87,10 @@ def write(path, entry):
     of the same (library, ranks, one_node)."""
     entries = []
     if os.path.exists(path):
-        keep = {tuple(e[:3]) for e in read_tuning(path)} - {tuple(entry[k] for k in TUNING_KEYS[:3])}
-        with open(path) as fh:
-            entries = [e for e in json.load(fh)["entries"]
-                       if tuple(e[k] for k in TUNING_KEYS[:3]) in keep]
+        data = load_tuning(path)
+        tuning_entries(data, path)  # a file that is not a tuning file is refused, not replaced
+        key = [entry[k] for k in TUNING_KEYS[:3]]
+        entries = [e for e in data["entries"] if [e[k] for k in TUNING_KEYS[:3]] != key]
     entries.append(entry)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as fh:

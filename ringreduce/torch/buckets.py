@@ -23,6 +23,7 @@ import threading
 
 from ..collectives.grouped import grouped_allreduce
 from ..collectives.header import fail_everywhere, negotiate
+from ..config import is_whole
 from ..core.tables import signature
 from ..transport.comm import PoliteComm, world
 from .compression import split
@@ -54,8 +55,7 @@ def plan(params, groups=None, num_groups=0, cap=None):
             if g:
                 out.append(g)
         return out + [[p] for p in reversed(params) if id(p) not in seen]
-    if not (isinstance(num_groups, int) and not isinstance(num_groups, bool)
-            and num_groups >= 0):
+    if not is_whole(num_groups, 0):
         raise ValueError(f"num_groups must be an int >= 0, got {num_groups!r}")
     order = list(reversed(params))
     if num_groups:
@@ -158,12 +158,11 @@ class Buckets:
         gradients (times ``post``); the first error raises, after all buckets are done."""
         with self.lock:
             self._queue_ready()
-            works, self.works = self.works, []
+            works = self.works
             if self.next != len(self.buckets):
                 raise AssertionError("DistributedOptimizer: a bucket was left without all "
                                      "of its gradients")
-            self.slots = [dict() for _ in self.buckets]
-            self.next = 0
+            self.reset()
         error = None
         for slots, work in works:
             try:
@@ -188,13 +187,13 @@ def _agree(comm, buckets):
     (in bucket order) that differs."""
     ps = [p for b in buckets for p in b]
     shapes = tuple(tuple(p.shape) for p in ps)
-    dtypes = tuple(str(p.dtype) for p in ps)
+    sizes = tuple(len(b) for b in buckets)
     sig = signature("DistributedOptimizer", len(ps), shapes,
                     tuple(DTYPES.index(p.dtype) if p.dtype in DTYPES else -1 for p in ps),
-                    tuple(len(b) for b in buckets), tuple(int(p.is_cuda) for p in ps))
+                    sizes, tuple(int(p.is_cuda) for p in ps))
     negotiate(comm, sig, None, lambda: {
         "call": "DistributedOptimizer", "tensors": len(ps), "shapes": shapes,
-        "dtypes": dtypes, "buckets": tuple(len(b) for b in buckets),
+        "dtypes": tuple(str(p.dtype) for p in ps), "buckets": sizes,
         "devices": tuple(str(p.device) for p in ps)})
 
 

@@ -107,8 +107,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"the gradient of {self._names[p]!r} is sparse; pass "
                                 "sparse_as_dense=True to reduce it as a dense tensor")
             p.grad = p.grad.to_dense()
-        predivide = self._predivide if self._op == Average else 1.0
-        self._buckets.add(p, p.grad.detach(), self._compression, predivide)
+        # (a predivide factor other than 1 needs op=Average: checked in __init__)
+        self._buckets.add(p, p.grad.detach(), self._compression, self._predivide)
 
     # -- step ------------------------------------------------------------------------------
     def synchronize(self):
