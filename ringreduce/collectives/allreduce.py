@@ -6,7 +6,7 @@ is taken after it, from agreed values. A call's plan (kernels, signature, whethe
 the header) depends only on (memory, shape, dtype, op, algorithm, segment_bytes) and is
 computed once per such key: small calls are dominated by per-call Python work.
 """
-from numpy import may_share_memory, ndarray
+from numpy import empty, may_share_memory, ndarray
 
 from ..config import segment_size
 from ..core.choose import rides_in_header
@@ -15,7 +15,7 @@ from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compre
 from ..memory import HOST, backend_of
 from ..transport.comm import detects_failures, get_comm
 from .calls import check_out, output_buffer, resolve_algorithm
-from .header import fail_everywhere, negotiate
+from .header import HeaderState, fail_everywhere, header_bytes, negotiate, raise_everywhere
 from .compress import Codec
 from .grouped import reduce_buffer
 
@@ -40,7 +40,9 @@ class _Call:
             plan = _PLANS[key] = self._plan(mem, shape, dtype, arr.size, op, algorithm,
                                             segment_bytes, compression)
             if mem is HOST and plan[5]:  # piggyback
-                _SMALL[(shape, dtype, op, algorithm, segment_bytes)] = plan
+                _SMALL[(shape, dtype, op, algorithm, segment_bytes)] = (
+                    plan[0], plan[2], plan[3], plan[6], header_bytes(plan[6]),
+                    HOST.first(plan[2]))
         (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
          self.sig, self.codec) = plan
         self.compression = compression
@@ -122,23 +124,53 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     return flat_out.reshape(mem.shape(arr)) if target is None else out
 
 
+# The last (x, out) that _plain_out found apart, kept (two small arrays of the hot path) so
+# that the same pair, checked again at every call of a loop, skips numpy's overlap test.
+_APART = [None, None]
+
+
 def _plain_out(x, out):
     """Whether ``out`` is ``x`` itself or a numpy array of x's shape and dtype, contiguous and
-    writeable, that shares no memory with ``x`` (both contiguous: bounds decide)."""
+    writeable, that shares no memory with ``x`` (both contiguous: bounds decide, and they stay
+    what they were for the same two arrays of unchanged shape: 0.2 of a 0.5 us check)."""
     if out is x:
         return x.flags.writeable
-    return (type(out) is ndarray and out.shape == x.shape and out.dtype == x.dtype
-            and out.flags.c_contiguous and out.flags.writeable
-            and not may_share_memory(x, out))
+    if type(out) is not ndarray or out.shape != x.shape or out.dtype != x.dtype:
+        return False
+    flags = out.flags
+    if not (flags.c_contiguous and flags.writeable):
+        return False
+    if _APART[0] is x and _APART[1] is out:
+        return True
+    if may_share_memory(x, out):
+        return False
+    _APART[0], _APART[1] = x, out
+    return True
 
 
 def _small(c, x, out, plan, algorithm, segment_bytes):
     """A host call whose plan rides in the header, on a contiguous array, into a new array,
     in place, or into a plain ``out`` (``_plain_out``): the general body's steps with nothing
     left to decide (the plan was validated when it was made), since such calls are dominated
-    by per-call Python work."""
-    op, _, reduce, scale, _, _, sig, _ = plan
+    by per-call Python work. At two ranks the header pass's one exchange writes the result
+    straight into its destination (``HeaderState.pair``)."""
+    op, reduce, scale, sig, mine, first = plan
     flat = x if x.ndim == 1 else x.reshape(-1)  # each reshape costs 0.1 us of a 3 us call
+    st = c.state.header
+    if st is None and c.size > 1:
+        st = c.state.header = HeaderState(c)
+    if st is not None and st.peer is not None and first is not None:
+        if out is None:
+            dest = result = empty(x.size, x.dtype)
+        else:
+            result = out
+            dest = out if out.ndim == 1 else out.reshape(-1)
+        if not st.pair(c, mine, flat, first, dest):
+            raise_everywhere(c, lambda: _Call(HOST, x, op, algorithm, out, segment_bytes,
+                                              None).describe(), None)
+        if scale is not None and x.size:
+            scale(dest, c.size)
+        return result if out is not None or x.ndim == 1 else result.reshape(x.shape)
     reduced = negotiate(c, sig, None, lambda: _Call(HOST, x, op, algorithm, out, segment_bytes,
                                                     None).describe(), flat, reduce)
     if out is None:

@@ -40,6 +40,11 @@ class HeaderState:
 
     def __init__(self, c):
         self.plan = doubling_plan(c.rank, c.size)
+        # At two ranks the plan is one exchange with the partner (so is one rank's at three, 5,
+        # 6 and 7, its partner's partial result already folded in): ``pair`` serves it.
+        one = self.plan[0] if len(self.plan) == 1 and self.plan[0][0] == "exchange" else None
+        self.peer = None if one is None else one[1]
+        self.low = one is not None and c.rank < one[1]
         self.bufs = (np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8),
                      np.empty(_HEADER.size + PIGGYBACK_CAP, np.uint8))
         self.headers = tuple(b[:_HEADER.size] for b in self.bufs)
@@ -58,6 +63,32 @@ class HeaderState:
             v = self.views[(dtype, n)] = (tuple(b[h:end].view(dtype) for b in self.bufs),
                                           msgs, tuple(message(m) for m in msgs))
         return v
+
+
+    def pair(self, c, mine, flat, first, dest):
+        """:func:`negotiate` with a payload where this rank's plan is one exchange
+        (``self.peer``), its result written straight into ``dest`` by ``first`` (``out = a op
+        b``, the lower rank's operand first, as negotiate's reduce has it). The messages are
+        negotiate's, so the partner may run either. ``mine``: this rank's header
+        (:func:`header_bytes`). False where the partner's header differs (``dest`` is then
+        untouched): the caller raises everywhere, as the partner does."""
+        views, _, sends = (self.views.get((flat.dtype, flat.size))
+                           or self.payload(flat.dtype, flat.size))
+        self.heads[0][:] = mine
+        views[0][...] = flat
+        c.exchange(sends[0], self.recvs[1], self.peer, TAG_FOLD)
+        if self.heads[1] != mine:
+            return False
+        if self.low:
+            first(dest, flat, views[1])
+        else:
+            first(dest, views[1], flat)
+        return True
+
+
+def header_bytes(sig):
+    """The header of a rank that agrees with ``sig``'s call and has no error, as sent."""
+    return _HEADER.pack(sig, -sig, 0)
 
 
 def negotiate(c, sig, local_error, describe, payload=None, reduce=None):

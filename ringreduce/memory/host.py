@@ -46,6 +46,13 @@ class HostBackend:
             self._kernels[(op, dtype)] = got
         return got
 
+    @staticmethod
+    def first(reduce):
+        """The fused ``(out, a, b)`` kernel, ``out = a op b``, for the ``(dst, src)`` kernel
+        ``reduce`` (the same bits as a copy and ``reduce``), or None where there is none."""
+        from ..kernels.cpu import first_kernel
+        return first_kernel(reduce)
+
     # -- buffers -------------------------------------------------------------------------
     @staticmethod
     def shape(a):

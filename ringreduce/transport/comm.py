@@ -264,7 +264,7 @@ def get_comm(comm=None):
     The first call on a communicator is collective (it duplicates it), as is every allreduce.
     """
     global _world_comm
-    if comm is None:
+    if comm is None or comm is _world:  # COMM_WORLD passed explicitly: the same duplicate
         if _world_comm is not None:  # the commonest case, checked first: it is hot
             return _world_comm
         _world_comm = _private(_world, "collectives", _new_comm)

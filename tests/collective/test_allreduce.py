@@ -374,3 +374,33 @@ def test_the_hot_path_with_a_separate_out(comm):
     base[:6] = x
     with pytest.raises(ValueError, match="overlaps"):
         rr.allreduce(base[:6], out=base[1:])
+
+
+def test_the_pair_path_meets_the_general_body(comm):
+    """At two ranks a small contiguous call takes its result straight from the header pass's
+    one exchange; a partner on the general body (a non-contiguous input) sends the same
+    messages, so both get the same bits, and a mismatch between the two paths raises on both.
+    A repeated ``out`` that became read-only or changed shape is still refused."""
+    x = (np.arange(7, dtype=np.float32) + RANK) / 3
+    arg = np.repeat(x, 2)[::2] if RANK == P - 1 else x
+    for op in ("sum", "avg", "min", "prod"):
+        got = rr.allreduce(arg, op)
+        assert all(np.array_equal(got, g) for g in comm.allgather(got))
+        ref = {"sum": np.sum, "avg": np.mean, "min": np.min, "prod": np.prod}[op](
+            [(np.arange(7) + r) / 3 for r in range(P)], axis=0)
+        assert np.allclose(got, ref, rtol=1e-5)
+    if P > 1:
+        wide = np.repeat(x.astype(np.float64), 2)[::2] if RANK == P - 1 else x
+        with pytest.raises(rr.MismatchError, match="dtype"):
+            rr.allreduce(wide)
+    out = np.empty(7, np.float32)
+    for _ in range(2):
+        assert rr.allreduce(x, out=out) is out
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        rr.allreduce(x, out=out)
+    out.flags.writeable = True
+    out.shape = (7, 1)
+    with pytest.raises(ValueError, match="shape"):
+        rr.allreduce(x, out=out)
+    assert np.array_equal(rr.allreduce(np.ones(3, np.int32)), np.full(3, P))
