@@ -7,6 +7,7 @@ arrays of one dtype and length (``recvbuf is sendbuf`` means in place; the input
 never written); ``reduce(dst, src)`` is the kernel for the op; ``segment_elems`` bounds one
 message. The caller has already checked that every rank agrees on all of it.
 """
+from .direct import direct
 from .doubling import doubling
 from .hierarchical import hierarchical
 from .rhd import rhd
@@ -15,4 +16,4 @@ from .shm import shm
 from .tree import tree
 
 ALGORITHMS = {"ring": ring, "tree": tree, "rhd": rhd, "doubling": doubling,
-              "shm": shm, "hierarchical": hierarchical}
+              "shm": shm, "hierarchical": hierarchical, "direct": direct}

@@ -15,6 +15,9 @@ from .compress import Codec, check_residuals, reduce_compressed
 from .header import fail_everywhere, negotiate
 from .run import auto_choice, run_algorithm
 
+# The algorithms that take a ``Spans`` (several arrays as one vector): one_ring's.
+SPANS_ALGORITHMS = ("ring", "direct")
+
 
 class Group:
     """One rank's validated view of a list of arrays to reduce together."""
@@ -132,7 +135,7 @@ def one_ring(c, g, plan, outs):
         name = g.algorithm
         if name == "auto" and total:
             name = auto_choice(c, mem, total)
-        if (not total or name != "ring" or g.codecs[dtype] is not None or len(buckets) < 2
+        if (not total or name not in SPANS_ALGORITHMS or g.codecs[dtype] is not None or len(buckets) < 2
                 or sum(arrs[i].nbytes for i in fused) > g.cap):
             left += [(dtype, m) for m in buckets]
             continue
@@ -148,7 +151,7 @@ def one_ring(c, g, plan, outs):
             ins, dsts = ins + [small_in], dsts + [small_out]
         src = Spans(ins)
         dst = src if outs is arrs else Spans(dsts)
-        run_algorithm(c, mem, "ring", src, dst, reduce, g.seg)
+        run_algorithm(c, mem, name, src, dst, reduce, g.seg)
         if scale is not None:
             for piece in dst.arrays:
                 scale(piece, c.size)

@@ -1,8 +1,9 @@
 """Run one algorithm on buffers every rank already agreed on (no header)."""
 from ..algorithms import ALGORITHMS
+from ..algorithms.direct import available as direct_available
 from ..algorithms.shm import on_one_node
 from ..config import get_config
-from ..core.choose import Rule, choose_algorithm, may_use_shm, shm_max_bytes
+from ..core.choose import Rule, choose_algorithm, may_use_direct, may_use_shm, shm_max_bytes
 from ..transport.comm import mpi_library
 
 
@@ -24,6 +25,9 @@ def _choose(c, mem, nbytes):
     library = mpi_library()
     shm_max = shm_max_bytes(library)
     host = "shm" in mem.algorithms
+    # Single-copy on one node where the kernel allows it, for the sizes it wins at: asked
+    # (collectively, once per communicator) only then, by every rank in the same call.
+    direct = host and may_use_direct(nbytes, c.size) and direct_available(c)
     # A tuning file's rule for this library and rank count (host memory: it was measured
     # there), by whether the ranks share a node; every rank holds the same file (the
     # configuration is compared across ranks), so all ask on_one_node here or none does.
@@ -32,9 +36,10 @@ def _choose(c, mem, nbytes):
         one_node = on_one_node(c)
         for _, _, one, lo, hi, ring in tuned:
             if one == one_node:
-                return choose_algorithm(nbytes, c.size, one_node, rule=Rule(lo, hi, ring))
+                return choose_algorithm(nbytes, c.size, one_node, rule=Rule(lo, hi, ring),
+                                        direct=direct)
     one_node = host and may_use_shm(nbytes, c.size, shm_max) and on_one_node(c)
-    return choose_algorithm(nbytes, c.size, one_node, shm_max)
+    return choose_algorithm(nbytes, c.size, one_node, shm_max, direct=direct)
 
 
 def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):

@@ -31,6 +31,14 @@ AUTO_SHM_MAX_BYTES = 2 << 20
 # A library whose measurements differ gets its own limit here, by ``MPI.get_vendor()[0]``
 # ("MPICH", "Open MPI"); none does now (MPICH's was 1 MiB while its 1 MiB runs alternated).
 SHM_MAX_BY_LIBRARY = {}
+# All ranks on one node and the kernel letting them copy from and into each other's memory
+# (``algorithms/direct.py``): from here on the single-copy algorithm runs, whatever the rule
+# below says. Its kernel copies run at DRAM speed where the ring's and shm's copies through
+# cache-sized buffers are faster while the data fits in the 32 MiB L3 (2 ranks, MPICH,
+# docs/benchmarks.md, "Single-copy allreduce"): direct / native 0.94-1.04 at 4 MiB against
+# the ring's 0.75, even at 16 MiB, ahead from 64 MiB (0.23-0.27 against 0.29-0.32); over
+# ResNet-50's 97.5 MiB of gradients in place 1.2-1.6x a memcpy against the ring's 1.9-2.2.
+AUTO_DIRECT_BYTES = 32 << 20
 # Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
 # (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8
 # ranks per node: over 25 GbE and 100 Gb InfiniBand at 16 to 1,024 ranks the cost model
@@ -64,14 +72,18 @@ def default_rule(p, shm_max=AUTO_SHM_MAX_BYTES):
     return Rule(AUTO_SHM_BYTES, shm_max, ring)
 
 
-def choose_algorithm(nbytes, p, one_node=False, shm_max=AUTO_SHM_MAX_BYTES, rule=None):
+def choose_algorithm(nbytes, p, one_node=False, shm_max=AUTO_SHM_MAX_BYTES, rule=None,
+                     direct=False):
     """The algorithm "auto" runs for ``nbytes`` on ``p`` ranks (every rank computes the same).
     ``one_node``: all ``p`` ranks share one node's memory (agreed by every rank); ``shm_max``:
     :func:`shm_max_bytes` of the MPI library (every rank runs the same one); ``rule``: a
     measured :class:`Rule` instead of the built-in one (the same on every rank: it comes
-    from the agreed configuration)."""
+    from the agreed configuration); ``direct``: every rank shares one node and may copy from
+    and into the others' memory (agreed by every rank)."""
     if p == 1 or nbytes < AUTO_SMALL_BYTES:
         return "doubling"
+    if direct and nbytes >= AUTO_DIRECT_BYTES:
+        return "direct"
     if rule is None:
         rule = default_rule(p, shm_max)
     if one_node and rule.shm_min <= nbytes < rule.shm_max:
@@ -85,6 +97,13 @@ def may_use_shm(nbytes, p, shm_max=AUTO_SHM_MAX_BYTES):
     """Whether "auto" would pick shm for ``nbytes`` on ``p`` ranks of one node: only then is
     the (collective, once per communicator) one-node question worth asking."""
     return p > 1 and AUTO_SHM_BYTES <= nbytes < shm_max
+
+
+def may_use_direct(nbytes, p):
+    """Whether "auto" would pick direct for ``nbytes`` on ``p`` ranks of one node whose ranks
+    reach each other's memory: only then is that (collective, once per communicator)
+    question worth asking."""
+    return p > 1 and nbytes >= AUTO_DIRECT_BYTES
 
 
 def rides_in_header(nbytes, algorithm):

@@ -12,7 +12,7 @@ OPS = ("sum", "avg", "min", "max", "prod")
 # "auto" and every algorithm of algorithms/ (``algorithms.ALGORITHMS`` holds the same names,
 # checked by tests/unit/test_tables.py); kept here so that the configuration can validate
 # RINGREDUCE_ALGORITHM without importing the algorithms and MPI.
-ALGORITHM_NAMES = ("auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical")
+ALGORITHM_NAMES = ("auto", "ring", "tree", "rhd", "doubling", "shm", "hierarchical", "direct")
 
 # Every numeric numpy dtype; the index is the dtype's code in the header. bfloat16 (numpy's
 # through ml_dtypes, whose ``kind`` is "V": test for it by name, not by kind) gets the next

@@ -30,16 +30,19 @@ class CommState:
     - ``header``: the header pass's plan and buffers (``collectives/header.py``);
     - ``levels``: the node and leader communicators (``transport/topology.py``);
     - ``shm``: the shared-memory window and its node layout (``algorithms/shm.py``);
+    - ``direct``: the node's processes for cross-memory copies, and scratch
+      (``algorithms/direct.py``);
     - ``fusion``: fusion and compression buffers by ``(memory, purpose, dtype)`` (``memory/``);
     - ``results``: the blocks of out-of-place grouped results (``memory/pool.py``);
     - ``device``: the device transport with its pinned staging buffers
       (``transport/device.py``);
     - ``choices``: what "auto" chose, by (memory, bytes) (``collectives/run.py``).
     """
-    __slots__ = ("header", "levels", "shm", "fusion", "results", "device", "choices")
+    __slots__ = ("header", "levels", "shm", "direct", "fusion", "results", "device",
+                 "choices")
 
     def __init__(self):
-        self.header = self.levels = self.shm = self.results = self.device = None
+        self.header = self.levels = self.shm = self.direct = self.results = self.device = None
         self.fusion = {}
         self.choices = {}
 

@@ -204,7 +204,7 @@ def test_bad_sizes_raise_on_every_rank(memory, kwargs, message):
 @pytest.mark.parametrize("inplace", [True, False])
 @pytest.mark.parametrize("op", ["sum", "avg", "max"])
 def test_one_ring_over_large_tensors_and_the_fused_small_ones(inplace, op):
-    """With the ring chosen, large tensors (at least a segment) and the fusion buffer of the
+    """With the ring (or direct) chosen, large tensors (at least a segment) and the fusion buffer of the
     small ones go through one ring as Spans: results as float64 says, the same bits on every
     rank, inputs untouched out of place; odd lengths, a non-contiguous large tensor, empty."""
     seg = 64  # bytes: float64 tensors of 8 or more elements are "large"
@@ -216,7 +216,7 @@ def test_one_ring_over_large_tensors_and_the_fused_small_ones(inplace, op):
     keep = [a.copy() for a in mine]
     ref = [np.stack([arrays(r)[i] for r in range(P)]) for i in range(len(mine))]
     want = [{"sum": r.sum(0), "avg": r.sum(0) / P, "max": r.max(0)}[op] for r in ref]
-    for algorithm in ("ring", "auto"):
+    for algorithm in ("ring", "direct", "auto"):
         work = [a.copy() for a in mine]
         got = rr.grouped_allreduce(work, op, algorithm=algorithm, inplace=inplace,
                                    segment_bytes=seg, fusion_threshold=1 << 20)
