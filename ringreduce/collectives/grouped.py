@@ -135,8 +135,8 @@ def one_ring(c, g, plan, outs):
         name = g.algorithm
         if name == "auto" and total:
             name = auto_choice(c, mem, total)
-        if (not total or name not in SPANS_ALGORITHMS or g.codecs[dtype] is not None or len(buckets) < 2
-                or sum(arrs[i].nbytes for i in fused) > g.cap):
+        if (not total or name not in SPANS_ALGORITHMS or g.codecs[dtype] is not None
+                or len(buckets) < 2 or sum(arrs[i].nbytes for i in fused) > g.cap):
             left += [(dtype, m) for m in buckets]
             continue
         reduce, scale = g.kernels[dtype]
