@@ -33,11 +33,13 @@ AUTO_SHM_MAX_BYTES = 2 << 20
 SHM_MAX_BY_LIBRARY = {}
 # All ranks on one node and the kernel letting them copy from and into each other's memory
 # (``algorithms/direct.py``): from here on the single-copy algorithm runs, whatever the rule
-# below says. Its kernel copies run at DRAM speed where the ring's and shm's copies through
-# cache-sized buffers are faster while the data fits in the 32 MiB L3 (2 ranks, MPICH,
-# docs/benchmarks.md, "Single-copy allreduce"): direct / native 0.94-1.04 at 4 MiB against
-# the ring's 0.75, even at 16 MiB, ahead from 64 MiB (0.23-0.27 against 0.29-0.32); over
-# ResNet-50's 97.5 MiB of gradients in place 1.2-1.6x a memcpy against the ring's 1.9-2.2.
+# below says. Its kernel copies run at memory speed, where the ring's and shm's copies through
+# cache-sized buffers are as fast while the data fits in this machine's 32 MiB L3. Medians of
+# three jobs per MPI at 2 ranks, out of place (docs/benchmarks.md, "Single-copy allreduce"),
+# direct / native against the ring's: MPICH 8 MiB 0.63 / 0.58, 16 MiB 0.60 / 0.66, 32 MiB
+# 0.28 / 0.33, 64 MiB 0.24 / 0.25, 128 MiB 0.24 / 0.26; Open MPI 0.82 / 0.76, 0.65 / 0.66,
+# 0.31 / 0.39, 0.27 / 0.34, 0.24 / 0.30. In place, over ResNet-50's 97.5 MiB of gradients,
+# it takes 1.3-1.5x a memcpy where the ring took 1.9-2.2x.
 AUTO_DIRECT_BYTES = 32 << 20
 # Ranks at which AUTO_RING_BYTES was measured. Beyond them the ring's 2 (p - 1) latencies
 # (rhd pays 2 lg p) move the size where its bandwidth wins upwards, about as sqrt(p) with 8

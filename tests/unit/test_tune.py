@@ -6,7 +6,8 @@ import json
 import pytest
 
 from ringreduce.config import parse, read_tuning
-from ringreduce.core.choose import AUTO_SMALL_BYTES, Rule, choose_algorithm, default_rule
+from ringreduce.core.choose import (AUTO_DIRECT_BYTES, AUTO_SMALL_BYTES, Rule, choose_algorithm,
+                                   default_rule, may_use_direct)
 from ringreduce.perf.tune import thresholds, write
 
 K = 1 << 10
@@ -50,6 +51,18 @@ def test_auto_follows_a_rule():
         for p in (2, 4, 16):
             assert choose_algorithm(n, p, True, rule=default_rule(p)) == choose_algorithm(
                 n, p, True)
+
+
+def test_direct_from_its_threshold_where_the_ranks_reach_each_other():
+    """``direct`` only where every rank can copy from and into every other's memory (one
+    node), from AUTO_DIRECT_BYTES on, under the built-in rule and a tuned one alike."""
+    n = AUTO_DIRECT_BYTES
+    assert choose_algorithm(n, 2, True, direct=True) == "direct"
+    assert choose_algorithm(n - 1, 2, True, direct=True) == "ring"
+    assert choose_algorithm(n, 2, True) == "ring"
+    assert choose_algorithm(n, 1, True, direct=True) == "doubling"
+    assert choose_algorithm(n, 4, True, rule=Rule(0, 0, 64 * K), direct=True) == "direct"
+    assert may_use_direct(n, 2) and not may_use_direct(n - 1, 2) and not may_use_direct(n, 1)
 
 
 def entry(**kw):
