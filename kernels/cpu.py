@@ -46,9 +46,12 @@ _UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maxim
 def np_kernel(op):
     """numpy's ufunc as a ``(dst, src)`` kernel."""
     ufunc = _UFUNC[op]
-
-    def kernel(dst, src):
-        ufunc(dst, src, dst)  # out passed by position: 35 ns less a call than out=
+    if op in _BY_KEYWORD:
+        def kernel(dst, src):
+            ufunc(dst, src, out=dst)
+    else:
+        def kernel(dst, src):
+            ufunc(dst, src, dst)  # out passed by position: 35 ns less a call than out=
 
     kernel.__name__ = "np_" + op
     return kernel
@@ -56,14 +59,19 @@ def np_kernel(op):
 
 def _np_first(op):
     ufunc = _UFUNC[op]
-
-    def first(out, a, b):
-        ufunc(a, b, out)
+    if op in _BY_KEYWORD:
+        def first(out, a, b):
+            ufunc(a, b, out=out)
+    else:
+        def first(out, a, b):
+            ufunc(a, b, out)
 
     first.__name__ = "np_first_" + op
     return first
 
 
+# numpy 2.4 deprecates a third positional argument (the output) to minimum and maximum.
+_BY_KEYWORD = ("min", "max")
 _NP = {op: np_kernel(op) for op in OPS}
 _NP_FIRST = {_NP[op]: _np_first(op) for op in OPS}
 
