@@ -36,6 +36,7 @@ from mpi4py import MPI
 from ..core.schedule import chunk_bounds, segment_bounds
 from ..kernels.cpu import first_kernel
 from ..transport.cma import Peers
+from ..transport.comm import kept
 from .ring import ring
 from .shm import state as node_state
 
@@ -64,10 +65,7 @@ class _State:
 
 def state(comm):
     """The per-communicator state, made on first use (collective)."""
-    st = comm.state.direct
-    if st is None:
-        st = comm.state.direct = _State(comm)
-    return st
+    return kept(comm, "direct", _State)
 
 
 def available(comm):

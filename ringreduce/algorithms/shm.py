@@ -71,7 +71,7 @@ from ..config import get_config
 from ..core.schedule import chunk_bounds
 from ..kernels.cpu import first_kernel
 from ..transport import fault
-from ..transport.comm import Comm, on_reset
+from ..transport.comm import Comm, kept, on_reset
 from ..transport.tags import TAG_WATCH
 from ..transport.topology import split_nodes
 from .ring import ring
@@ -284,10 +284,7 @@ class _State:
 
 def state(comm):
     """The per-communicator shm state, made on first use (collective)."""
-    st = comm.state.shm
-    if st is None:
-        st = comm.state.shm = _State(comm)
-    return st
+    return kept(comm, "shm", _State)
 
 
 def on_one_node(comm):

@@ -47,6 +47,16 @@ class CommState:
         self.choices = {}
 
 
+def kept(comm, slot, make):
+    """``comm.state``'s ``slot``, made by ``make(comm)`` on first use (collective where
+    ``make`` is) and then kept."""
+    got = getattr(comm.state, slot)
+    if got is None:
+        got = make(comm)
+        setattr(comm.state, slot, got)
+    return got
+
+
 class Comm:
     """A duplicated mpi4py communicator plus the few point-to-point calls algorithms use."""
 
