@@ -53,8 +53,9 @@ class _State:
         self.scratch = {}
 
     def buffers(self, dtype, elems):
-        """``[scratch of rank j or None]``, each ``elems`` of ``dtype``, and one more for the
-        fold's result where it cannot go straight into the output."""
+        """Scratch segments of ``elems`` of ``dtype``: one per node rank (rank j's input is
+        read into the j-th; this rank's own is unused), and one more for the fold's result
+        where it cannot go straight into the output."""
         got = self.scratch.get(dtype)
         if got is None or got[0].size < elems:
             p = self.node.Get_size()

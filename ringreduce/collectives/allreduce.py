@@ -15,7 +15,7 @@ from ..core.tables import (DTYPE_CODE, algorithm_code, check_compression, compre
 from ..memory import HOST, backend_of
 from ..transport.comm import detects_failures, get_comm
 from .calls import check_out, output_buffer, resolve_algorithm
-from .header import HeaderState, fail_everywhere, header_bytes, negotiate, raise_everywhere
+from .header import fail_everywhere, header_bytes, header_state, negotiate, raise_everywhere
 from .compress import Codec
 from .grouped import reduce_buffer
 
@@ -156,10 +156,8 @@ def _small(c, x, out, plan, algorithm, segment_bytes):
     straight into its destination (``HeaderState.pair``)."""
     op, reduce, scale, sig, mine, first = plan
     flat = x if x.ndim == 1 else x.reshape(-1)  # each reshape costs 0.1 us of a 3 us call
-    st = c.state.header
-    if st is None and c.size > 1:
-        st = c.state.header = HeaderState(c)
-    if st is not None and st.peer is not None and first is not None:
+    st = c.state.header or (c.size > 1 and header_state(c))
+    if st and st.peer is not None and first is not None:
         if out is None:
             dest = result = empty(x.size, x.dtype)
         else:

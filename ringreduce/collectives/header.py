@@ -20,7 +20,7 @@ import numpy as np
 from ..core.choose import PIGGYBACK_CAP
 from ..core.schedule import doubling_plan
 from ..errors import MismatchError, agree
-from ..transport.comm import message
+from ..transport.comm import kept, message
 from ..transport.tags import TAG_FOLD
 
 _HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
@@ -64,7 +64,6 @@ class HeaderState:
                                           msgs, tuple(message(m) for m in msgs))
         return v
 
-
     def pair(self, c, mine, flat, first, dest):
         """:func:`negotiate` with a payload where this rank's plan is one exchange
         (``self.peer``), its result written straight into ``dest`` by ``first`` (``out = a op
@@ -84,6 +83,11 @@ class HeaderState:
         else:
             first(dest, views[1], flat)
         return True
+
+
+def header_state(c):
+    """``c``'s :class:`HeaderState`, made on first use (local: no messages)."""
+    return kept(c, "header", HeaderState)
 
 
 def header_bytes(sig):
@@ -106,9 +110,7 @@ def negotiate(c, sig, local_error, describe, payload=None, reduce=None):
         if local_error is not None:
             raise local_error
         return payload
-    st = c.state.header
-    if st is None:
-        st = c.state.header = HeaderState(c)
+    st = c.state.header or header_state(c)
     bufs, heads = st.bufs, st.heads
     err = 0 if local_error is None else 1
     if err:

@@ -5,11 +5,12 @@ results into their outputs with it.
 
 The kernel allows it where the calling process may ptrace the other: the same user, and
 where Yama's ``ptrace_scope`` is 1, only for a descendant unless the other process has named
-its reader (``prctl(PR_SET_PTRACER)``). Every rank says "any process of mine may" at the first
-:func:`peers` call, then the ranks of the node probe each other once and agree: where any
+its reader (``prctl(PR_SET_PTRACER)``). Every rank says "any process of mine may" when it first
+makes :class:`Peers`, then the ranks of the node probe each other once and agree: where any
 rank cannot read any other, none uses it (``Peers.ok`` is the same on every rank).
 """
 import ctypes
+import functools
 import os
 import sys
 
@@ -24,32 +25,22 @@ class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-def _libc():
+@functools.cache
+def libc():
+    """libc with the two calls typed, or None off Linux (loaded once)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        calls = libc.process_vm_readv, libc.process_vm_writev
+        lib = ctypes.CDLL(None, use_errno=True)
+        calls = lib.process_vm_readv, lib.process_vm_writev
     except (OSError, AttributeError):
         return None
     for f in calls:
         f.restype = ctypes.c_ssize_t
         f.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
                       ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong]
-    libc.prctl(_PR_SET_PTRACER, _PR_SET_PTRACER_ANY, 0, 0, 0)  # fails harmlessly without Yama
-    return libc
-
-
-_LIBC = None
-_LOADED = False
-
-
-def libc():
-    """libc with the two calls typed, or None off Linux (loaded once)."""
-    global _LIBC, _LOADED
-    if not _LOADED:
-        _LIBC, _LOADED = _libc(), True
-    return _LIBC
+    lib.prctl(_PR_SET_PTRACER, _PR_SET_PTRACER_ANY, 0, 0, 0)  # fails harmlessly without Yama
+    return lib
 
 
 class Peers:
@@ -94,4 +85,3 @@ class Peers:
 
     def write(self, j, local, address):
         self._move(self.lib.process_vm_writev, j, local, address, "write")
-
