@@ -664,10 +664,6 @@ if __name__ == "__main__":
         # the same step: a plain exit (MPI_Finalize on all ranks) ends the job cleanly, with
         # every rank's message delivered.
         sys.exit(1)
-    except BaseException:
-        if MPI.COMM_WORLD.Get_size() > 1:
-            import traceback
-            traceback.print_exc()
-            sys.stderr.flush()
-            MPI.COMM_WORLD.Abort(1)
-        raise
+    # Any other exception goes on to the hook importing ringreduce installed
+    # (ringreduce/engine/abort.py): it prints the traceback, gives the launcher a moment to
+    # forward it, and aborts the job.
