@@ -45,6 +45,9 @@ DEFAULTS = {
     # this machine, by MPI library, rank count and whether the ranks share one node. Unset:
     # the built-in rule (core/choose.py).
     "RINGREDUCE_TUNING_FILE": "",
+    # 1: "auto" times shm against the ring on one node from 1 MiB to 8 MiB in the job and
+    # keeps the faster (core/adapt.py); 0: the fixed rule alone.
+    "RINGREDUCE_ADAPT": 1,
 }
 
 
@@ -59,6 +62,7 @@ class Config:
     segment_bytes: int
     local_size: int
     tuning_file: tuple  # the file's entries (read_tuning), compared across ranks
+    adapt: bool
 
     def items(self):
         return [(f"RINGREDUCE_{f.name.upper()}", v) for f, v in zip(fields(self), astuple(self))]
@@ -114,7 +118,12 @@ def parse(env=None):
     timeline = str(get("RINGREDUCE_TIMELINE"))
     tuning = str(get("RINGREDUCE_TUNING_FILE"))
     entries = read_tuning(tuning, "RINGREDUCE_TUNING_FILE") if tuning else ()
-    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg, local, entries)
+    adapt = str(get("RINGREDUCE_ADAPT")).strip()
+    if adapt not in ("0", "1"):
+        raise ValueError(f"RINGREDUCE_ADAPT={adapt!r} is not valid; expected 1 (race shm "
+                         "against the ring in the job) or 0 (the fixed rule)")
+    return Config(algorithm, fusion, cycle, timeline, check, shutdown, seg, local, entries,
+                  adapt == "1")
 
 
 # A tuning file: JSON {"ringreduce_tuning": 1, "entries": [{ENTRY}, ...]}, each entry naming

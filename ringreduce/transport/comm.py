@@ -36,15 +36,18 @@ class CommState:
     - ``results``: the blocks of out-of-place grouped results (``memory/pool.py``);
     - ``device``: the device transport with its pinned staging buffers
       (``transport/device.py``);
-    - ``choices``: what "auto" chose, by (memory, bytes) (``collectives/run.py``).
+    - ``choices``: what "auto" chose, by (memory, bytes) (``collectives/run.py``);
+    - ``races``: "auto"'s races between shm and the ring, by (memory, size class)
+      (``core/adapt.py``, run from ``collectives/run.py``).
     """
     __slots__ = ("header", "levels", "shm", "direct", "fusion", "results", "device",
-                 "choices")
+                 "choices", "races")
 
     def __init__(self):
         self.header = self.levels = self.shm = self.direct = self.results = self.device = None
         self.fusion = {}
         self.choices = {}
+        self.races = {}
 
 
 def kept(comm, slot, make):

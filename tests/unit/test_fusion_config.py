@@ -68,6 +68,7 @@ def test_config_defaults_and_units():
     assert parse({"RINGREDUCE_FUSION_THRESHOLD": "25M"}).fusion_threshold == 25 << 20
     assert parse({"RINGREDUCE_FUSION_THRESHOLD": "0"}).fusion_threshold == 0
     assert parse({"RINGREDUCE_ALGORITHM": "ring"}).algorithm == "ring"
+    assert cfg.adapt is True and parse({"RINGREDUCE_ADAPT": "0"}).adapt is False
 
 
 @pytest.mark.parametrize("name,value,allowed", [
@@ -81,6 +82,7 @@ def test_config_defaults_and_units():
     ("RINGREDUCE_STALL_SHUTDOWN_SECONDS", "soon", "seconds >= 0"),
     ("RINGREDUCE_ALGORITHM", "butterfly", "auto, ring, tree, rhd, doubling"),
     ("RINGREDUCE_SEGMENT_BYTES", "0", "bytes >= 1"),
+    ("RINGREDUCE_ADAPT", "yes", "1 (race shm against the ring in the job) or 0"),
 ])
 def test_config_errors_name_variable_and_allowed(name, value, allowed):
     with pytest.raises(ValueError) as info:

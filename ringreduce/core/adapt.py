@@ -1,0 +1,96 @@
+"""Where the two one-node algorithms trade places from one job to the next, "auto" times both
+in the job itself and keeps the faster: a race per size class and communicator.
+
+Why. On one node, from 1 MiB to 8 MiB, the shared-memory algorithm and the ring each win
+by 20-40% depending on how the machine places the ranks' cores, which changes from job to
+job and sometimes within one (docs/benchmarks.md, "Shared-memory allreduce against the ring,
+in the job"): on the shared 2-core VM the tables come from, at 1 MiB under Open MPI the ring
+took 0.63-0.69x native in the jobs where native was slow and 1.16-1.23x where it was fast,
+shm 1.03-1.06x and 0.79-0.94x. A fixed threshold is right in half the jobs; one measured in
+the job is right in both. (Horovod tunes its fusion settings online the same way; MPI
+libraries keep fixed tables.)
+
+How. The calls of one size class (sizes with the same bit length) on one communicator run
+the candidates in turn: ``WARMUP`` untimed calls of each (a window growing, first-touch page
+faults), then ``SAMPLES`` timed calls of each, alternating so that drift hits both alike.
+Each rank keeps the median time per byte of each candidate; the ranks sum their medians with
+one small allreduce (:class:`Race` says when) and all take the candidate with the smaller
+sum, the first on a tie, so every rank keeps the same one. After ``RETRY_CALLS`` calls on the
+winner the race is run again, since the machine may change under a long job. A race costs
+its loser's extra time on ``SAMPLES + WARMUP`` calls, about 1% of the calls when repeated.
+
+Every rank makes the same calls on a communicator in the same order, with sizes agreed in
+the header, so every rank counts the same calls in every race and the choice needs no other
+message than the sum. ``RINGREDUCE_ADAPT=0`` turns racing off ("auto" then follows the fixed
+rule of ``core/choose.py`` alone, or a tuning file, which also turns it off).
+"""
+import statistics
+
+# Sizes raced on one node (bytes, exclusive at the top), between the candidates below.
+RACE_MIN_BYTES = 1 << 20
+RACE_MAX_BYTES = 8 << 20
+CANDIDATES = ("shm", "ring")
+# Untimed calls of each candidate, then timed calls of each, per race.
+WARMUP = 1
+SAMPLES = 6
+# Calls on the winner before the race is run again.
+RETRY_CALLS = 1000
+
+
+def races(nbytes, p, one_node, host):
+    """Whether "auto" races the candidates for ``nbytes`` on ``p`` ranks: host memory (shm
+    needs it), every rank on one node, more than one rank, a size in the raced range."""
+    return host and one_node and p > 1 and RACE_MIN_BYTES <= nbytes < RACE_MAX_BYTES
+
+
+def size_class(nbytes):
+    """The race a call of ``nbytes`` belongs to: sizes within a factor of two share one."""
+    return nbytes.bit_length()
+
+
+class Race:
+    """One size class's race on one communicator: which candidate each call runs, what it
+    took, and when the ranks must agree (pure bookkeeping; the caller times and agrees)."""
+
+    def __init__(self, candidates=CANDIDATES):
+        self.candidates = tuple(candidates)
+        self.winner = None  # index into candidates once agreed
+        self._restart()
+
+    def _restart(self):
+        self.winner = None
+        self.calls = 0
+        self.since = 0
+        self.samples = [[] for _ in self.candidates]
+
+    def next(self):
+        """The index of the candidate the next call runs."""
+        if self.winner is not None:
+            return self.winner
+        return self.calls % len(self.candidates)
+
+    def record(self, index, seconds, nbytes):
+        """The call that ran candidate ``index`` took ``seconds`` for ``nbytes``. True when
+        this was the race's last call: the caller sums :meth:`medians` over the ranks and
+        hands the sums to :meth:`decide` before the next call."""
+        if self.winner is not None:
+            self.since += 1
+            if self.since >= RETRY_CALLS:
+                self._restart()
+            return False
+        k = len(self.candidates)
+        if self.calls >= WARMUP * k:
+            self.samples[index].append(seconds / max(nbytes, 1))
+        self.calls += 1
+        return self.calls == (WARMUP + SAMPLES) * k
+
+    def medians(self):
+        """Per candidate, this rank's median seconds per byte over the race's timed calls."""
+        return [statistics.median(s) for s in self.samples]
+
+    def decide(self, sums):
+        """Every rank's :meth:`medians` summed, per candidate: the smallest wins, the first
+        on a tie. Returns the winner's name."""
+        self.winner = min(range(len(sums)), key=lambda i: (sums[i], i))
+        self.since = 0
+        return self.candidates[self.winner]

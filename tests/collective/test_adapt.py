@@ -1,0 +1,111 @@
+""""auto"'s race between shm and the ring on one node (core/adapt.py, collectives/run.py):
+every rank runs the same candidate in every call, the sum of the ranks' timings decides, so
+all keep the same winner even where one rank alone would have chosen the other, and results
+are right throughout. Made-up timings (the race's clock replaced), never real ones.
+
+Runs at any rank count: on one rank nothing is raced.
+"""
+import importlib
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ringreduce as rr
+from ringreduce.algorithms import ALGORITHMS
+from ringreduce.config import get_config
+from ringreduce.core import adapt
+from ringreduce.memory.host import HOST
+from ringreduce.transport.comm import get_comm
+
+run_mod = importlib.import_module("ringreduce.collectives.run")
+
+P = MPI.COMM_WORLD.Get_size()
+RANK = MPI.COMM_WORLD.Get_rank()
+RACE_CALLS = (adapt.WARMUP + adapt.SAMPLES) * len(adapt.CANDIDATES)
+_KEEP = []  # communicators made here stay alive (see test_shm.fresh_comm)
+
+pytestmark = pytest.mark.skipif(not get_config().adapt, reason="RINGREDUCE_ADAPT=0")
+
+
+def fresh_comm():
+    c = MPI.COMM_WORLD.Dup()
+    _KEEP.append(c)
+    return c
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Each algorithm runs for real, then the race's clock moves on by ``cost[name]``
+    (seconds per byte, set by the test) times the call's bytes; ``ran`` lists the names."""
+    now, ran, cost = [0.0], [], {}
+    for name in adapt.CANDIDATES:
+        real = ALGORITHMS[name]
+
+        def timed_run(comm, x, out, reduce, seg, real=real, name=name):
+            real(comm, x, out, reduce, seg)
+            ran.append(name)
+            now[0] += cost.get(name, 1e-9) * x.nbytes
+        monkeypatch.setitem(ALGORITHMS, name, timed_run)
+    monkeypatch.setattr(run_mod, "_clock", lambda: now[0])
+    return ran, cost
+
+
+def inputs(n, rank, call):
+    return np.random.default_rng([rank, n, call]).standard_normal(n)
+
+
+def check(got, n, call):
+    want = np.sum([inputs(n, r, call) for r in range(P)], axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    every = MPI.COMM_WORLD.allgather(got.tobytes())
+    assert all(b == every[0] for b in every)
+
+
+@pytest.mark.parametrize("nbytes", [adapt.RACE_MIN_BYTES, 3 << 20, adapt.RACE_MAX_BYTES - 8])
+def test_the_sum_over_ranks_decides_for_every_rank(timed, nbytes):
+    # Rank 0 alone would keep shm (half the ring's time); the others see shm ten times
+    # slower, so the sum says ring, and every rank must keep it.
+    ran, cost = timed
+    cost.update({"shm": 1e-9, "ring": 2e-9} if RANK == 0 else {"shm": 1e-8, "ring": 1e-9})
+    comm = fresh_comm()
+    n = nbytes // 8
+    for call in range(RACE_CALLS + 5):
+        check(rr.allreduce(inputs(n, RANK, call), comm=comm), n, call)
+    if P == 1:
+        assert ran == [] and not any(get_comm(comm).state.races.values())
+        return
+    assert ran[:RACE_CALLS] == list(adapt.CANDIDATES) * (adapt.WARMUP + adapt.SAMPLES)
+    assert ran[RACE_CALLS:] == ["ring"] * 5
+    assert MPI.COMM_WORLD.allgather(ran) == [ran] * P
+    race = get_comm(comm).state.races[(HOST, adapt.size_class(nbytes))]
+    assert race.candidates[race.winner] == "ring"
+
+
+def test_sizes_of_one_class_share_a_race_and_others_do_not(timed):
+    # Sizes of one class feed one race (times are per byte); a class below the range is
+    # not raced, and its calls leave the race where it was.
+    ran, cost = timed
+    cost.update({"shm": 1e-9, "ring": 5e-9})
+    comm = fresh_comm()
+    sizes = [(1 << 20) + 8 * (k % 3) for k in range(RACE_CALLS)]
+    for call, nbytes in enumerate(sizes):
+        check(rr.allreduce(inputs(nbytes // 8, RANK, call), comm=comm), nbytes // 8, call)
+        rr.allreduce(np.ones(1000), comm=comm)  # 8 KB: rides in the header, no race
+    if P == 1:
+        return
+    assert len(ran) == RACE_CALLS
+    races = {k: r for k, r in get_comm(comm).state.races.items() if r is not None}
+    assert list(races) == [(HOST, adapt.size_class(1 << 20))]
+    race = races[(HOST, adapt.size_class(1 << 20))]
+    assert race.candidates[race.winner] == "shm"
+
+
+def test_explicit_algorithms_are_never_raced(timed):
+    ran, _ = timed
+    comm = fresh_comm()
+    n = (2 << 20) // 8
+    for call in range(RACE_CALLS + 1):
+        check(rr.allreduce(inputs(n, RANK, call), algorithm="ring", comm=comm), n, call)
+    assert set(ran) <= {"ring"} and (P == 1 or len(ran) == RACE_CALLS + 1)
+    assert not any(get_comm(comm).state.races.values())

@@ -1,0 +1,78 @@
+"""core/adapt.py: the race between shm and the ring, as bookkeeping with made-up timings
+(no clock): which candidate each call runs, which calls count, what wins, when it reruns."""
+import pytest
+
+from ringreduce.core import adapt
+from ringreduce.core.adapt import RETRY_CALLS, SAMPLES, WARMUP, Race
+
+RACE_CALLS = (WARMUP + SAMPLES) * len(adapt.CANDIDATES)
+
+
+def run_race(race, seconds_of, nbytes=1 << 20):
+    """Feed one whole race; ``seconds_of(name, call)`` is what the call took. Returns the
+    candidates run, in order, and whether each call said to agree."""
+    ran, agree = [], []
+    for call in range(RACE_CALLS):
+        i = race.next()
+        name = race.candidates[i]
+        ran.append(name)
+        agree.append(race.record(i, seconds_of(name, call), nbytes))
+    return ran, agree
+
+
+def test_candidates_alternate_and_only_the_last_call_asks_to_agree():
+    race = Race()
+    ran, agree = run_race(race, lambda name, call: 1.0)
+    assert ran == list(adapt.CANDIDATES) * (WARMUP + SAMPLES)
+    assert agree == [False] * (RACE_CALLS - 1) + [True]
+    assert [len(s) for s in race.samples] == [SAMPLES, SAMPLES]
+
+
+def test_warmup_calls_are_not_counted():
+    # The first call of each candidate takes 1000 s (a window growing): not in the medians.
+    race = Race()
+    run_race(race, lambda name, call: 1000.0 if call < len(adapt.CANDIDATES) else 2.0)
+    assert race.medians() == [2.0 / (1 << 20)] * 2
+
+
+def test_medians_are_per_byte_and_robust_to_one_outlier():
+    race = Race(("a", "b"))
+    times = {"a": iter([9, 3, 3, 3, 50, 3, 3]), "b": iter([9, 1, 1, 1, 1, 1, 70])}
+    run_race(race, lambda name, call: float(next(times[name])), nbytes=10)
+    assert race.medians() == [0.3, 0.1]
+
+
+@pytest.mark.parametrize("sums,winner", [([2.0, 1.0], "ring"), ([1.0, 2.0], "shm"),
+                                         ([1.5, 1.5], "shm")])
+def test_the_smaller_sum_wins_the_first_on_a_tie(sums, winner):
+    race = Race()
+    run_race(race, lambda name, call: 1.0)
+    assert race.decide(sums) == winner
+    assert all(race.candidates[race.next()] == winner for _ in range(3))
+
+
+def test_the_winner_runs_until_the_race_reruns():
+    race = Race()
+    run_race(race, lambda name, call: 1.0)
+    race.decide([3.0, 1.0])
+    for _ in range(RETRY_CALLS):
+        assert race.next() == 1
+        assert race.record(1, 1.0, 1 << 20) is False
+    # a new race: both candidates again, from the warm-up on
+    ran, agree = run_race(race, lambda name, call: 1.0)
+    assert ran == list(adapt.CANDIDATES) * (WARMUP + SAMPLES) and agree[-1]
+
+
+def test_raced_sizes_are_whole_size_classes():
+    # Every size of one class is raced or none is: the bounds are powers of two.
+    for bound in (adapt.RACE_MIN_BYTES, adapt.RACE_MAX_BYTES):
+        assert bound & (bound - 1) == 0
+    assert adapt.size_class(adapt.RACE_MIN_BYTES) == adapt.size_class(2 * adapt.RACE_MIN_BYTES - 1)
+    assert adapt.races(adapt.RACE_MIN_BYTES, 2, True, True)
+    assert adapt.races(adapt.RACE_MAX_BYTES - 1, 2, True, True)
+    assert not adapt.races(adapt.RACE_MIN_BYTES - 1, 2, True, True)
+    assert not adapt.races(adapt.RACE_MAX_BYTES, 2, True, True)
+    # off one node, in device memory or on one rank: never
+    assert not adapt.races(adapt.RACE_MIN_BYTES, 2, False, True)
+    assert not adapt.races(adapt.RACE_MIN_BYTES, 2, True, False)
+    assert not adapt.races(adapt.RACE_MIN_BYTES, 1, True, True)
