@@ -3,12 +3,12 @@ in the job itself and keeps the faster: a race per size class and communicator.
 
 Why. On one node, from 1 MiB to 8 MiB, the shared-memory algorithm and the ring each win
 by 20-40% depending on how the machine places the ranks' cores, which changes from job to
-job and sometimes within one (docs/benchmarks.md, "Shared-memory allreduce against the ring,
-in the job"): on the shared 2-core VM the tables come from, at 1 MiB under Open MPI the ring
-took 0.63-0.69x native in the jobs where native was slow and 1.16-1.23x where it was fast,
-shm 1.03-1.06x and 0.79-0.94x. A fixed threshold is right in half the jobs; one measured in
-the job is right in both. (Horovod tunes its fusion settings online the same way; MPI
-libraries keep fixed tables.)
+job and sometimes within one (docs/benchmarks.md: "MPICH and Open MPI" for the race's table,
+"Shared-memory allreduce" for why the placement matters). On the shared 2-core VM the tables
+come from, at 1 MiB under Open MPI, the ring took 0.63-0.69x native in the jobs where native
+was slow and 1.16-1.23x where it was fast, shm 1.03-1.06x and 0.79-0.94x. A fixed threshold
+is right in half the jobs; one measured in the job is right in both. (Horovod tunes its
+fusion settings online the same way; MPI libraries keep fixed tables.)
 
 How. The calls of one size class (sizes with the same bit length) on one communicator run
 the candidates in turn: ``WARMUP`` untimed calls of each (a window growing, first-touch page
