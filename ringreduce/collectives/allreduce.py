@@ -23,6 +23,8 @@ _PLANS = {}
 # The plans of calls that ride in the header with host memory, by (shape, dtype, op,
 # algorithm, segment_bytes): the hot path of small allreduces (see allreduce).
 _SMALL = {}
+# ... and those that ride only where every rank shares a host (Comm.one_host).
+_SMALL_HOST = {}
 
 
 class _Call:
@@ -30,7 +32,7 @@ class _Call:
     __slots__ = ("mem", "arr", "op", "algorithm", "seg_bytes", "reduce", "scale", "target",
                  "same", "sig", "piggyback", "codec", "compression")
 
-    def __init__(self, mem, x, op, algorithm, out, segment_bytes, compression):
+    def __init__(self, mem, x, op, algorithm, out, segment_bytes, compression, one_host=False):
         self.mem = mem
         arr = self.arr = mem.view(x)
         shape, dtype = mem.shape(arr), mem.dtype(arr)
@@ -39,12 +41,16 @@ class _Call:
         if plan is None:
             plan = _PLANS[key] = self._plan(mem, shape, dtype, arr.size, op, algorithm,
                                             segment_bytes, compression)
-            if mem is HOST and plan[5]:  # piggyback
-                _SMALL[(shape, dtype, op, algorithm, segment_bytes)] = (
+            if mem is HOST and (plan[5] or plan[8]):  # piggyback (on one host only: plan[8])
+                (_SMALL if plan[5] else _SMALL_HOST)[(shape, dtype, op, algorithm,
+                                                      segment_bytes)] = (
                     plan[0], plan[2], plan[3], plan[6], header_bytes(plan[6]),
                     HOST.first(plan[2]))
         (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
-         self.sig, self.codec) = plan
+         self.sig, self.codec, on_one_host) = plan
+        # Sizes that ride only where every rank shares a host: never in _SMALL, whose plans
+        # hold for any communicator.
+        self.piggyback = self.piggyback or (on_one_host and one_host)
         self.compression = compression
         self.target, self.same = (None, False) if out is None else check_out(mem, x, arr, out)
         mem.prepare()
@@ -57,12 +63,13 @@ class _Call:
         check_compression(compression, dtype, op)
         codec = compression and Codec(mem, compression, op)
         # A compressed call's payload is made after the header (fp16 needs the agreed scale).
-        piggyback = (mem.piggyback and codec is None
-                     and rides_in_header(size * dtype.itemsize, algorithm))
+        rides = mem.piggyback and codec is None
+        piggyback = rides and rides_in_header(size * dtype.itemsize, algorithm)
+        on_one_host = rides and rides_in_header(size * dtype.itemsize, algorithm, True)
         sig = signature("allreduce", size, DTYPE_CODE[dtype], op_code(op),
                         algorithm_code(algorithm), seg, shape, compression_code(compression),
                         mem.mark)
-        return op, algorithm, reduce, scale, seg, piggyback, sig, codec
+        return op, algorithm, reduce, scale, seg, piggyback, sig, codec, on_one_host
 
     def describe(self):
         return {"call": "allreduce", "shape": self.mem.shape(self.arr),
@@ -94,12 +101,13 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
     """
     c = get_comm(comm)
     if type(x) is ndarray and compression is None:
-        plan = _SMALL.get((x.shape, x.dtype, op, algorithm, segment_bytes))
+        key = (x.shape, x.dtype, op, algorithm, segment_bytes)
+        plan = _SMALL.get(key) or (c.one_host and _SMALL_HOST.get(key) or None)
         if plan is not None and x.flags.c_contiguous and (out is None or _plain_out(x, out)):
             return _small(c, x, out, plan, algorithm, segment_bytes)
     mem = HOST if type(x) is ndarray else backend_of(x)  # the common case without a call
     try:
-        call = _Call(mem, x, op, algorithm, out, segment_bytes, compression)
+        call = _Call(mem, x, op, algorithm, out, segment_bytes, compression, c.one_host)
     except Exception as exc:  # noqa: BLE001 - any local failure must reach every rank
         fail_everywhere(c, exc)
     arr, target = call.arr, call.target

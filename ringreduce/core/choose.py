@@ -53,6 +53,15 @@ AUTO_RING_RANKS = 4
 # Largest payload that may ride with the header (explicit algorithm="doubling" included);
 # it sizes the two receive buffers kept per communicator.
 PIGGYBACK_CAP = 64 << 10
+# Every rank on one host: "auto" rides the header up to PIGGYBACK_CAP (inclusive), since its
+# lg p exchanges are then memory copies. At 2 ranks, three jobs per MPI of ``--sizes 32K 64K
+# 128K -a native auto shm doubling`` (docs/benchmarks.md, "MPICH and Open MPI"): doubling /
+# native MPICH 0.95-1.20 at 32 KiB and 0.90-1.29 at 64 KiB against shm's 1.22-1.44 and
+# 1.09-1.40; Open MPI 1.11-1.26 and 1.07-1.33 against 1.47-1.56 and 1.34-1.50; at 128 KiB shm
+# led on both (0.96-1.49 against 1.43-2.65). Across hosts the cost model (2-rank fit, 8 ranks
+# a node) has doubling 1.3-3.3x rhd's time at 64 KiB over 10 and 25 GbE and 1.2-1.8x over
+# InfiniBand from 8 to 1,024 ranks, so there the bound stays AUTO_SMALL_BYTES.
+AUTO_SMALL_HOST_BYTES = PIGGYBACK_CAP + 1
 
 
 def shm_max_bytes(library=None):
@@ -110,7 +119,9 @@ def may_use_direct(nbytes, p):
     return p > 1 and nbytes >= AUTO_DIRECT_BYTES
 
 
-def rides_in_header(nbytes, algorithm):
-    """Whether a call's payload travels inside the header pass (host memory only)."""
+def rides_in_header(nbytes, algorithm, one_host=False):
+    """Whether a call's payload travels inside the header pass (host memory only);
+    ``one_host``: every rank of the communicator runs on one host (agreed by all)."""
+    small = AUTO_SMALL_HOST_BYTES if one_host else AUTO_SMALL_BYTES
     return nbytes <= PIGGYBACK_CAP and (
-        algorithm == "doubling" or (algorithm == "auto" and nbytes < AUTO_SMALL_BYTES))
+        algorithm == "doubling" or (algorithm == "auto" and nbytes < small))

@@ -72,6 +72,9 @@ class Comm:
         self.left = (self.rank - 1) % self.size
         self.right = (self.rank + 1) % self.size
         self.state = CommState()
+        # Every rank on one host (agreed when the library makes its communicator, _new_comm);
+        # False on communicators made otherwise. Only a speed choice depends on it.
+        self.one_host = self.size == 1
 
     def isend(self, buf, dest, tag):
         return self.mpi.Isend([buf, MPI.BYTE], dest, tag)
@@ -271,6 +274,10 @@ def _new_comm(comm):
     # The first collective on a communicator: make sure every rank runs with the same
     # settings before any schedule depends on them.
     check_agreement(wrapped.mpi)
+    # Whether every rank runs on one host, by processor name (a choice of speed only: how
+    # large an "auto" call still rides in the header, core/choose.py), agreed here, before
+    # any call, so it never needs a collective where ranks might disagree.
+    wrapped.one_host = len(set(wrapped.mpi.allgather(MPI.Get_processor_name()))) == 1
     return wrapped
 
 
