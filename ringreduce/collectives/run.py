@@ -52,12 +52,14 @@ def _tuned(c, library):
     return [e for e in get_config().tuning_file if e[0] == library and e[1] == c.size]
 
 
-def _race(c, mem, nbytes):
+def _race(c, mem, nbytes, dtype):
     """The race "auto" runs for ``nbytes`` of ``mem``'s memory on ``c`` (core/adapt.py), or
-    None where it follows its rule alone. Collective the first time per communicator
-    (on_one_node), like auto_choice, and asked in the same calls on every rank."""
+    None where it follows its rule alone; one per size class and dtype (a compressed call's
+    16-bit wire reduces at another speed than float32). Collective the first time per
+    communicator (on_one_node), like auto_choice, and asked in the same calls on every
+    rank."""
     races = c.state.races
-    key = (mem, adapt.size_class(nbytes))
+    key = (mem, adapt.size_class(nbytes), dtype)
     if key not in races:
         host = "shm" in mem.algorithms
         raced = (get_config().adapt and host and not _tuned(c, mpi_library())
@@ -85,7 +87,7 @@ def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):
         ALGORITHMS[name](mem.transport(c), flat_in, flat_out, reduce, seg)
         return
     nbytes = flat_in.nbytes
-    race = None if isinstance(flat_in, Spans) else _race(c, mem, nbytes)
+    race = None if isinstance(flat_in, Spans) else _race(c, mem, nbytes, flat_in.dtype)
     if race is None:
         ALGORITHMS[auto_choice(c, mem, nbytes)](mem.transport(c), flat_in, flat_out, reduce, seg)
         return

@@ -1,5 +1,5 @@
 """Where the two one-node algorithms trade places from one job to the next, "auto" times both
-in the job itself and keeps the faster: a race per size class and communicator.
+in the job itself and keeps the faster: a race per size class, dtype and communicator.
 
 Why. On one node, from 1 MiB to 8 MiB, the shared-memory algorithm and the ring each win
 by 20-40% depending on how the machine places the ranks' cores, which changes from job to
@@ -10,14 +10,15 @@ was slow and 1.16-1.23x where it was fast, shm 1.03-1.06x and 0.79-0.94x. A fixe
 is right in half the jobs; one measured in the job is right in both. (Horovod tunes its
 fusion settings online the same way; MPI libraries keep fixed tables.)
 
-How. The calls of one size class (sizes with the same bit length) on one communicator run
-the candidates in turn: ``WARMUP`` untimed calls of each (a window growing, first-touch page
-faults), then ``SAMPLES`` timed calls of each, alternating so that drift hits both alike.
-Each rank keeps the median time per byte of each candidate; the ranks sum their medians with
-one small allreduce (:class:`Race` says when) and all take the candidate with the smaller
-sum, the first on a tie, so every rank keeps the same one. After ``RETRY_CALLS`` calls on the
-winner the race is run again, since the machine may change under a long job. A race costs
-its loser's extra time on ``SAMPLES + WARMUP`` calls, about 1% of the calls when repeated.
+How. The calls of one size class (sizes with the same bit length) and dtype on one
+communicator run the candidates in turn: ``WARMUP`` untimed calls of each (a window growing,
+first-touch page faults), then ``SAMPLES`` timed calls of each, alternating so that drift
+hits both alike. Each rank keeps the median time per byte of each candidate; the ranks sum
+their medians with one small allreduce (:class:`Race` says when) and all take the candidate
+with the smaller sum, the first on a tie, so every rank keeps the same one. After
+``RETRY_CALLS`` calls on the winner the race is run again, since the machine may change under
+a long job. A race costs its loser's extra time on ``SAMPLES + WARMUP`` calls, about 1% of the
+calls when repeated.
 
 Every rank makes the same calls on a communicator in the same order, with sizes agreed in
 the header, so every rank counts the same calls in every race and the choice needs no other

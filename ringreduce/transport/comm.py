@@ -37,7 +37,7 @@ class CommState:
     - ``device``: the device transport with its pinned staging buffers
       (``transport/device.py``);
     - ``choices``: what "auto" chose, by (memory, bytes) (``collectives/run.py``);
-    - ``races``: "auto"'s races between shm and the ring, by (memory, size class)
+    - ``races``: "auto"'s races between shm and the ring, by (memory, size class, dtype)
       (``core/adapt.py``, run from ``collectives/run.py``).
     """
     __slots__ = ("header", "levels", "shm", "direct", "fusion", "results", "device",

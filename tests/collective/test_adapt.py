@@ -78,7 +78,7 @@ def test_the_sum_over_ranks_decides_for_every_rank(timed, nbytes):
     assert ran[:RACE_CALLS] == list(adapt.CANDIDATES) * (adapt.WARMUP + adapt.SAMPLES)
     assert ran[RACE_CALLS:] == ["ring"] * 5
     assert MPI.COMM_WORLD.allgather(ran) == [ran] * P
-    race = get_comm(comm).state.races[(HOST, adapt.size_class(nbytes))]
+    race = get_comm(comm).state.races[(HOST, adapt.size_class(nbytes), np.dtype(np.float64))]
     assert race.candidates[race.winner] == "ring"
 
 
@@ -96,8 +96,9 @@ def test_sizes_of_one_class_share_a_race_and_others_do_not(timed):
         return
     assert len(ran) == RACE_CALLS
     races = {k: r for k, r in get_comm(comm).state.races.items() if r is not None}
-    assert list(races) == [(HOST, adapt.size_class(1 << 20))]
-    race = races[(HOST, adapt.size_class(1 << 20))]
+    key = (HOST, adapt.size_class(1 << 20), np.dtype(np.float64))
+    assert list(races) == [key]
+    race = races[key]
     assert race.candidates[race.winner] == "shm"
 
 
