@@ -12,6 +12,7 @@ import pytest
 from mpi4py import MPI
 
 import ringreduce as rr
+from _comms import fresh_comm
 from ringreduce.algorithms import ALGORITHMS
 from ringreduce.config import get_config
 from ringreduce.core import adapt
@@ -23,15 +24,8 @@ run_mod = importlib.import_module("ringreduce.collectives.run")
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
 RACE_CALLS = (adapt.WARMUP + adapt.SAMPLES) * len(adapt.CANDIDATES)
-_KEEP = []  # communicators made here stay alive (see test_shm.fresh_comm)
 
 pytestmark = pytest.mark.skipif(not get_config().adapt, reason="RINGREDUCE_ADAPT=0")
-
-
-def fresh_comm():
-    c = MPI.COMM_WORLD.Dup()
-    _KEEP.append(c)
-    return c
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 from mpi4py import MPI
 
 import ringreduce as rr
+from _comms import fresh_comm
 from ringreduce.core.tables import DTYPES
 from ringreduce.memory.host import HOST
 from ringreduce.transport.comm import get_comm
@@ -23,15 +24,6 @@ shm_mod = importlib.import_module("ringreduce.algorithms.shm")
 
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
-# Communicators made here stay alive: a freed one's handle can come back for the next Dup,
-# and the library would then hand back the old one's cached state (get_comm's cache).
-_KEEP = []
-
-
-def fresh_comm(comm):
-    c = comm.Dup()
-    _KEEP.append(c)
-    return c
 
 
 @pytest.fixture

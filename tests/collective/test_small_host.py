@@ -9,20 +9,14 @@ import pytest
 from mpi4py import MPI
 
 import ringreduce as rr
+from _comms import fresh_comm
 from ringreduce.algorithms import ALGORITHMS
 from ringreduce.core.choose import AUTO_SMALL_BYTES, PIGGYBACK_CAP
 from ringreduce.transport.comm import Comm, get_comm
 
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
-_KEEP = []  # communicators made here stay alive (see test_shm.fresh_comm)
 SIZES = [AUTO_SMALL_BYTES, 48 << 10, PIGGYBACK_CAP, PIGGYBACK_CAP + 8]
-
-
-def fresh_comm():
-    c = MPI.COMM_WORLD.Dup()
-    _KEEP.append(c)
-    return c
 
 
 @pytest.fixture
