@@ -20,10 +20,19 @@ import numpy as np
 from ..core.choose import PIGGYBACK_CAP
 from ..core.schedule import doubling_plan
 from ..errors import MismatchError, agree
-from ..transport.comm import kept, message
+from ..transport.comm import JoinedSends, kept, message
 from ..transport.tags import TAG_FOLD
 
 _HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
+# From here on ``pair`` sends the payload from the caller's array, joined to the header by a
+# derived datatype, instead of copying it in behind the header first. Three jobs per MPI at 2
+# ranks, 2,000 exchanges of each, the array rewritten before each as a training step
+# rewrites its gradients: copy-and-send against joined, best of two loops, MPICH 1 KiB
+# 5.8-7.3 / 4.6-5.6 us, 4 KiB 6.6-9.6 / 4.9-7.5, 32 KiB 32.0-43.6 / 32.4-38.9, 64 KiB
+# 72.0-73.7 / 66.8-70.4; Open MPI 1 KiB 4.8-6.6 / 2.9-4.0, 4 KiB 8.5-12.7 / 4.4-9.3,
+# 32 KiB 18.5-39.8 / 11.7-31.7, 64 KiB 30.0-71.0 / 21.3-59.9. Below it the copy is nothing
+# and the datatype's lookup (0.7 us) would be most of an 8-byte call's extra Python.
+JOINED_SEND_BYTES = 1 << 10
 
 
 def fail_everywhere(c, local_error):
@@ -53,6 +62,9 @@ class HeaderState:
         self.sends = tuple(message(h) for h in self.headers)
         self.recvs = tuple(message(b) for b in self.bufs)
         self.views = {}
+        # What ``pair`` sends for a payload of JOINED_SEND_BYTES or more: the header, then
+        # the caller's array where it lies.
+        self.joined = JoinedSends(self.headers[0])
 
     def payload(self, dtype, n):
         """``(payload views, messages, their exchange messages)``, one of each per buffer."""
@@ -74,8 +86,12 @@ class HeaderState:
         views, _, sends = (self.views.get((flat.dtype, flat.size))
                            or self.payload(flat.dtype, flat.size))
         self.heads[0][:] = mine
-        views[0][...] = flat
-        c.exchange(sends[0], self.recvs[1], self.peer, TAG_FOLD)
+        if flat.nbytes >= JOINED_SEND_BYTES:
+            send = self.joined.message(flat)
+        else:
+            views[0][...] = flat
+            send = sends[0]
+        c.exchange(send, self.recvs[1], self.peer, TAG_FOLD)
         if self.heads[1] != mine:
             return False
         if self.low:

@@ -74,3 +74,19 @@ def test_sizes_either_side_of_the_bound_raise_everywhere(other):
         rr.allreduce(exact(nbytes, RANK), comm=comm)
     got = rr.allreduce(exact(48 << 10, RANK), comm=comm)
     np.testing.assert_array_equal(got, want(48 << 10))
+
+
+@pytest.mark.parametrize("nbytes", [8, 1 << 10, 48 << 10])
+def test_an_array_sent_again_sends_what_it_holds_now(nbytes):
+    # At two ranks the exchange sends from the caller's array where it lies (header.py,
+    # JOINED_SEND_BYTES): the same array, rewritten, in place and not, and a new one.
+    comm = fresh_comm()
+    x = np.empty(nbytes // 8)
+    for k in range(1, 5):
+        x[...] = exact(nbytes, RANK) * k
+        np.testing.assert_array_equal(rr.allreduce(x, comm=comm), want(nbytes) * k)
+        out = rr.allreduce(x, comm=comm, out=x)
+        assert out is x
+        np.testing.assert_array_equal(x, want(nbytes) * k)
+        np.testing.assert_array_equal(rr.allreduce(exact(nbytes, RANK) * k, comm=comm),
+                                      want(nbytes) * k)
