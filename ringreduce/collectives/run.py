@@ -72,10 +72,6 @@ def _race(c, mem, nbytes, dtype):
 _clock = time.perf_counter
 
 
-def _add(dst, src):
-    np.add(dst, src, out=dst)
-
-
 def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):
     """``name`` ("auto" or an algorithm ``mem`` supports) on 1-D buffers of ``mem``'s memory
     (or ``Spans`` of host arrays, for the ring) over the library communicator ``c``, through
@@ -96,5 +92,6 @@ def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):
     ALGORITHMS[race.candidates[i]](mem.transport(c), flat_in, flat_out, reduce, seg)
     if race.record(i, _clock() - t, nbytes):
         sums = np.array(race.medians(), np.float64)
-        ALGORITHMS["doubling"](mem.transport(c), sums, sums, _add, sums.size)
+        add, _ = mem.kernels("sum", sums.dtype)
+        ALGORITHMS["doubling"](mem.transport(c), sums, sums, add, sums.size)
         race.decide(sums.tolist())
