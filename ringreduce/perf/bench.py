@@ -169,8 +169,8 @@ def time_memcpy(nbytes, iters):
     return float(np.median(t))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m ringreduce.perf.bench",
+def main(argv=None, prog="python -m ringreduce.perf.bench"):
+    ap = argparse.ArgumentParser(prog=prog,
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
@@ -216,7 +216,7 @@ def main(argv=None):
         head += f" | {'time(us)':>9}"
     rows = []
     if rank == 0:
-        print(f"# ringreduce.perf.bench: {p} ranks, {mpi_library()}, "
+        print(f"# {prog}: {p} ranks, {mpi_library()}, "
               f"dtype {dtype}, op {args.op}")
         print(top)
         print(head, flush=True)

@@ -203,6 +203,26 @@ def test_tune_writes_a_file_that_auto_then_follows(tmp_path):
         assert f"rank {r} chose shm shm ok True" in text, text
 
 
+def test_bench_names_its_mpi_and_checks_its_results(tmp_path):
+    """``python -m ringreduce.bench`` (the issue's name for ``ringreduce.perf.bench``) prints
+    the MPI library it runs on in its first line and counts no wrong element, native beside."""
+    from mpi4py import MPI
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGREDUCE_")}
+    rc, text, err = _jobs.run_job([MPIEXEC, "-n", "2", sys.executable, "-m", "ringreduce.bench",
+                                   "--sizes", "8", "4K", "-a", "native", "auto", "ring",
+                                   "-n", "3"], env=env, timeout=120)
+    assert rc == 0, text + err
+    lines = text.splitlines()
+    assert lines[0].startswith("# python -m ringreduce.bench: 2 ranks, "), text
+    assert MPI.get_vendor()[0] in lines[0], text
+    rows = [ln.split() for ln in lines if ln.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["8", "4096"], text
+    # per algorithm: time algbw busbw #wrong [/native]; #wrong is the 4th field after "|"
+    for r in rows:
+        cells = " ".join(r).split("|")[1:]
+        assert all(c.split()[3] == "0" for c in cells), text
+
+
 def test_ranks_with_different_tuning_files_are_told(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for path, ring in ((a, 1 << 20), (b, 2 << 20)):
