@@ -12,32 +12,37 @@ process whose collectives numpy serves never imports Numba, whose import and fir
 kernel cost about a second of the first collective. Every rank picks by the same table, so
 every rank computes the same bits.
 
-bfloat16 (``ml_dtypes.bfloat16``) and float16 have Numba kernels of their own in ``half.py``
-(Numba cannot compile either type's arithmetic on the CPU, so they work on the uint16 bits and
-compute in float32), served here by :func:`reduce_kernel` and :func:`scale_kernel` like every
-other dtype, 2.2-11x faster than numpy's float16 loop and ml_dtypes' ufuncs; so do the
-gradient codecs :func:`compress_kernel` and :func:`decompress_kernel`. numpy's ufuncs (ml_dtypes'
-for bfloat16) remain as ``impl="numpy"``.
+bfloat16 (``ml_dtypes.bfloat16``) and float16 have kernels of their own, on the uint16 bits,
+computing in float32: Numba's in ``half.py`` (Numba cannot compile either type's arithmetic on
+the CPU), 2.2-11x faster than numpy's float16 loop and ml_dtypes' ufuncs, and their numpy
+twins in ``half_np.py``, which give the same bits and need neither Numba nor ml_dtypes. They
+serve :func:`reduce_kernel` and :func:`scale_kernel` like every other dtype, and the gradient
+codecs :func:`compress_kernel` and :func:`decompress_kernel`: the twins first, Numba's once
+loading it pays (``HALF``, below). ``impl="numpy"`` names the twins.
 
 NaN handling follows numpy's ``minimum``/``maximum``: a NaN in either operand wins, so a NaN
 on any rank shows in the result (MPI leaves this unspecified).
 """
+import time
+
 import numpy as np
+
+from .half_checks import as_bits, check_scale, format_of, half_format
 
 
 def _half():
-    """kernels.half, imported at the first half-precision call: it imports ml_dtypes, which
-    costs more than all the rest of a first small collective (about 1 s here)."""
+    """kernels.half, Numba's half-precision kernels: imported once they pay (``HALF``)."""
     from . import half
     return half
 
 
 def _is_half(dtype):
-    return dtype == np.float16 or (dtype.kind == "V" and dtype.name == "bfloat16")
+    return format_of(dtype) is not None
 
 
-__all__ = ["OPS", "NUMBA_SERVES", "compress_kernel", "decompress_kernel", "first_kernel",
-           "np_kernel", "reduce_kernel", "scale_kernel"]
+__all__ = ["BUY_SECONDS", "HALF", "OPS", "NUMBA_SERVES", "compress_kernel",
+           "decompress_kernel", "first_kernel", "np_kernel", "reduce_kernel", "ring_kernel",
+           "scale_kernel", "wire_reduce_kernel"]
 
 OPS = ("sum", "min", "max", "prod")
 _UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
@@ -91,16 +96,16 @@ def reduce_kernel(op, dtype, impl=None):
     """The ``(dst, src)`` kernel for ``op`` on ``dtype``.
 
     ``impl`` forces "numba" or "numpy" (benchmarks and tests); by default the faster one
-    measured on this machine serves (the half-precision dtypes: always Numba's).
+    measured on this machine serves. For the half-precision dtypes "numpy" is half_np's
+    twins, and the default the rent-or-buy choice below (``HALF``).
     """
     dtype = np.dtype(dtype)
     if op not in _UFUNC:
         raise ValueError(f"unknown reduction op {op!r}; expected one of {', '.join(OPS)}")
-    impl = _impl(impl, _is_half(dtype) or (op, dtype.char) in NUMBA_SERVES)
-    if impl == "numpy":
-        return _NP[op]
     if _is_half(dtype):
-        return half_reduce_kernel(op, dtype)
+        return half_reduce_kernel(op, dtype, impl and _impl(impl, True))
+    if _impl(impl, (op, dtype.char) in NUMBA_SERVES) == "numpy":
+        return _NP[op]
     from .loops import NUMBA
     return NUMBA[op]
 
@@ -131,70 +136,145 @@ def _np_scale(dst, divisor):
 def scale_kernel(dtype, impl=None):
     """The ``(dst, divisor)`` kernel behind op="avg": ``dst /= divisor`` in dst's dtype."""
     dtype = np.dtype(dtype)
-    if _impl(impl, _is_half(dtype) or dtype.kind == "c") == "numpy":
-        return _np_scale
     if _is_half(dtype):
-        return half_scale_kernel(dtype)
+        return half_scale_kernel(dtype, impl and _impl(impl, True))
+    if _impl(impl, dtype.kind == "c") == "numpy":
+        return _np_scale
     from .loops import nb_scale
     return nb_scale
 
 
 # ---------------------------------------------------------------------------------------
-# bfloat16 and float16: the Numba kernels of half.py on the uint16 bits, behind launchers
-# that accept arrays of the half dtype or of its bits.
+# bfloat16 and float16: launchers that accept arrays of the half dtype or of its uint16 bits,
+# served by half_np.py's numpy twins or half.py's Numba kernels (the same bits either way).
+#
+# Which serves by default is a rent-or-buy choice. Importing Numba and loading its first
+# cached kernel costs about a second here (docs/benchmarks.md, "Start-up"), more than the
+# whole rest of a first collective; the twins need nothing loaded but run 3-12x slower
+# (bf16 sum 1.6 against 0.2 ns an element, fp16 10.5 against 0.9). So the twins serve until
+# they have spent BUY_SECONDS, what the load costs, and Numba's kernels from then on: a
+# process that reduces little half-precision data never loads Numba, and one that reduces
+# much pays at most twice the load in all (the rent-or-buy bound). Each rank decides by its
+# own clock; since both give the same bits, ranks that switch at different calls still
+# agree on every result.
+BUY_SECONDS = 1.0
 
-def half_reduce_kernel(op, dtype):
+
+class _HalfServer:
+    """Which module serves the default (``impl=None``) half-precision kernels."""
+
+    def __init__(self):
+        self.numba = None      # kernels.half once loaded
+        self.rented = 0.0      # seconds the twins have served
+
+    def module(self, impl):
+        """half_np or half for ``impl`` ("numpy", "numba", None), and whether to time it."""
+        if impl == "numpy":
+            return _twins(), False
+        if impl == "numba" or self.numba is not None or self.rented >= BUY_SECONDS:
+            return self.load(), False
+        return _twins(), True
+
+    def load(self):
+        if self.numba is None:
+            self.numba = _half()
+        return self.numba
+
+    def reset(self):
+        """Back to the twins (tests)."""
+        self.numba, self.rented = None, 0.0
+
+
+HALF = _HalfServer()
+
+
+def _twins():
+    from . import half_np
+    return half_np
+
+
+def _served(impl, table, key):
+    """A callable that runs ``table[key]`` of the module serving ``impl`` at call time."""
+    server = HALF
+
+    def run(*args):
+        module, timed = server.module(impl)
+        if not timed:
+            getattr(module, table)[key](*args)
+            return
+        t0 = time.perf_counter()
+        getattr(module, table)[key](*args)
+        server.rented += time.perf_counter() - t0
+
+    return run
+
+
+def half_reduce_kernel(op, dtype, impl=None):
     """The ``(dst, src)`` kernel computing ``dst op= src`` on bfloat16 or float16 arrays."""
-    half = _half()
-    kernel = half.REDUCE[op, half.half_format(dtype, "reduce_kernel")]
+    return wire_reduce_kernel(op, half_format(dtype, "reduce_kernel"), impl)
+
+
+def wire_reduce_kernel(op, fmt, impl=None):
+    """``half_reduce_kernel`` for the format "bf16" or "fp16" by name: no dtype needed, so
+    float32 data compressed to bfloat16 never imports ml_dtypes."""
+    kernel = _served(impl, "REDUCE", (op, fmt))
 
     def reduce(dst, src):
-        kernel(half.as_bits(dst, "dst"), half.as_bits(src, "src"))
+        kernel(as_bits(dst, "dst"), as_bits(src, "src"))
 
-    reduce.__name__ = kernel.__name__
+    reduce.__name__ = f"{fmt}_{op}"
     return reduce
 
 
-def half_scale_kernel(dtype):
+def half_scale_kernel(dtype, impl=None):
     """The ``(dst, divisor)`` kernel behind op="avg": divide in float32, round once."""
-    half = _half()
-    kernel = half.SCALE[half.half_format(dtype, "scale_kernel")]
+    fmt = half_format(dtype, "scale_kernel")
+    kernel = _served(impl, "SCALE", fmt)
 
     def scale(dst, divisor):
-        kernel(half.as_bits(dst, "dst"), np.float32(divisor))
+        kernel(as_bits(dst, "dst"), np.float32(divisor))
 
-    scale.__name__ = kernel.__name__
+    scale.__name__ = f"{fmt}_scale"
     return scale
 
 
-def compress_kernel(wire_dtype):
+def compress_kernel(wire_dtype, impl=None):
     """The ``(dst, src, scale=1.0)`` kernel: float32 ``src`` -> ``round(src * scale)`` in
-    ``wire_dtype`` (bfloat16 or float16; dst of that dtype or its uint16 bits)."""
-    return _codec("compress", wire_dtype)
+    ``wire_dtype`` (bfloat16 or float16, or its name "bf16"/"fp16"; dst of that dtype or its
+    uint16 bits)."""
+    return _codec("compress", wire_dtype, impl)
 
 
-def decompress_kernel(wire_dtype):
+def decompress_kernel(wire_dtype, impl=None):
     """The ``(dst, src, scale=1.0)`` kernel: ``wire_dtype`` ``src`` -> float32 ``src *
     scale`` (pass ``1 / s`` to undo a compression by ``s``)."""
-    return _codec("decompress", wire_dtype)
+    return _codec("decompress", wire_dtype, impl)
 
 
-def _codec(what, wire_dtype):
-    half = _half()
-    fmt = half.half_format(wire_dtype, f"{what}_kernel")
+def ring_kernel(what, fmt, impl=None):
+    """The compressed ring's kernels, unchecked (the ring's buffers are its own): ``what``
+    "send" or "fold", ``(dst, src, scale, unscale, feedback)`` on uint16 ``dst`` and float32
+    ``src`` (``half.RING``); "widen", ``(dst, src, scale)``, the decompress kernel."""
+    if what == "widen":
+        return _served(impl, "DECOMPRESS", fmt)
+    return _served(impl, "RING", (what, fmt))
+
+
+def _codec(what, wire, impl):
+    fmt = wire if wire in ("bf16", "fp16") else half_format(wire, f"{what}_kernel")
     compress = what == "compress"
-    kernel = (half.COMPRESS if compress else half.DECOMPRESS)[fmt]
+    kernel = _served(impl, "COMPRESS" if compress else "DECOMPRESS", fmt)
 
     def codec(dst, src, scale=1.0):
         if compress:
-            dst = half.as_bits(dst, "dst")
+            dst = as_bits(dst, "dst")
             _check_float32(src, "src", dst)
         else:
-            src = half.as_bits(src, "src")
+            src = as_bits(src, "src")
             _check_float32(dst, "dst", src)
-        kernel(dst, src, half.check_scale(scale))
+        kernel(dst, src, check_scale(scale))
 
-    codec.__name__ = kernel.__name__
+    codec.__name__ = f"{fmt}_{what}"
     return codec
 
 

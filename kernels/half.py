@@ -18,16 +18,15 @@ b.astype(float32)).astype(dtype)``, checked over all 65536 patterns of one opera
 (``tests/unit/test_half_kernels.py``). Where the float32 result is a NaN its bits are chosen,
 not left to the hardware: an operand's NaN (quietened by sum and prod, as x86 does; passed on
 unchanged by min and max, as numpy's ``minimum``/``maximum`` do), dst's before src's, else
-x86's default NaN ``0xFFC00000`` (inf - inf, 0 * inf), each as the cast makes it; the choice
-is made on the 16-bit operands, which costs fewer instructions than on the float32 ones. So a CUDA GPU, whose default NaN is
-``0x7FFFFFFF`` and whose operand order is the compiler's, gives the same bits (the twins in
-``cuda_reduce.py`` compile these element functions). min and max follow numpy: dst wins when
-``dst < src`` (``>`` for max) or dst is NaN, else src (so min(+0, -0) is -0, as in numpy).
+x86's default NaN ``0xFFC00000`` (inf - inf, 0 * inf), each as the cast makes it, chosen on
+the 16-bit operands (fewer instructions). So a CUDA GPU (default NaN ``0x7FFFFFFF``, operand
+order the compiler's) gives the same bits (``cuda_reduce.py`` compiles these element
+functions), and so do the numpy twins of ``half_np.py``. min and max follow numpy: dst wins
+when ``dst < src`` (``>`` for max) or dst is NaN, else src (min(+0, -0) is -0, as in numpy).
 
-The element functions are written once, as plain Python, and compiled by
-:func:`element_functions` for a target: ``njit`` here, ``cuda.jit(device=True)`` in the
-CUDA modules. They stay in this file, beside the cached kernels that inline them, because
-Numba's ``cache=True`` checks only the cached function's own file.
+The element functions are plain Python, compiled by :func:`element_functions` for a target
+(``njit`` here, ``cuda.jit(device=True)`` in the CUDA modules), kept beside the cached
+kernels that inline them: Numba's ``cache=True`` checks only the cached function's own file.
 
 Compression (:func:`compress_kernel`, :func:`decompress_kernel`) moves float32 gradients to
 16 bits and back, with an optional power-of-two ``scale``: compress stores
@@ -43,10 +42,13 @@ needs no scaling (``scale`` is accepted for symmetry). NaN passes both unchanged
 import numpy as np
 from numba import njit
 
-# The dtypes and the launchers' argument checks need no Numba: they live in half_checks.py.
-from .half_checks import (BFLOAT16, BITS, FLOAT16, FORMATS,  # noqa: F401 - re-exported
-                          as_bits, check_scale, grad_format, half_format)
+# The dtypes and argument checks need no Numba: they live in half_checks.py (BFLOAT16 and
+# FORMATS, which import ml_dtypes, at first use: its __getattr__, which this module's is).
+from . import half_checks
+from .half_checks import (BITS, FLOAT16, as_bits, check_scale,  # noqa: F401 - re-exported
+                          format_of, grad_format, half_format)
 
+__getattr__ = half_checks.__getattr__
 _U = np.uint32
 _F = np.float32
 _ABS = _U(0x7FFFFFFF)

@@ -58,7 +58,7 @@ import math
 import numpy as np
 
 from ..algorithms.ring import ring
-from ..core.tables import wire_dtype
+from ..core.tables import WIRE_FORMATS
 from ..memory.host import HOST
 from .run import auto_choice, run_algorithm
 
@@ -69,14 +69,17 @@ BLOCK = 1 << 20
 
 
 class Codec:
-    """How one call compresses: the wire dtype, its reduction kernel, its codec kernels."""
-    __slots__ = ("compression", "wire", "reduce", "compress", "decompress", "scaled")
+    """How one call compresses: the wire format ("bf16", "fp16"), the dtype its values are
+    held in (their uint16 bits: a bfloat16 dtype would import ml_dtypes, at 0.8-1 s more than
+    the rest of a first call), its reduction kernel, its codec kernels."""
+    __slots__ = ("compression", "fmt", "wire", "reduce", "compress", "decompress", "scaled")
 
     def __init__(self, mem, compression, op):
         self.compression = compression
-        self.wire = wire_dtype(compression)
-        self.reduce, _ = mem.kernels("sum" if op == "avg" else op, self.wire)
-        self.compress, self.decompress = mem.codec(self.wire)
+        self.fmt = WIRE_FORMATS[compression]
+        self.wire = np.dtype(np.uint16)
+        self.reduce, self.compress, self.decompress = mem.codec(
+            self.fmt, "sum" if op == "avg" else op)
         self.scaled = compression == "fp16"
 
 
@@ -160,14 +163,11 @@ class RingWire:
                  "_feedback")
 
     def __init__(self, c, mem, codec, n, s, feedback):
-        from ..kernels import half
-        fmt = half.FORMATS[codec.wire]
-        self._send, self._fold = half.RING["send", fmt], half.RING["fold", fmt]
-        self._widen = half.DECOMPRESS[fmt]
+        self._send, self._fold, self._widen = mem.ring_codec(codec.fmt)
         self._scale, self._unscale = np.float32(s), np.float32(1.0 / s)
         self._feedback = feedback
         self._c, self._mem = c, mem
-        self.moved = mem.scratch(c, "ring wire", half.BITS, n)
+        self.moved = mem.scratch(c, "ring wire", codec.wire, n)
 
     def scratch(self, n):
         return [self._mem.scratch(self._c, f"ring wire {i}", self.moved.dtype, n)

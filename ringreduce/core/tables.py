@@ -25,8 +25,10 @@ DTYPES = tuple(np.dtype(c) for c in (
 DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 BFLOAT16_CODE = len(DTYPES)
 
-# Gradient compression: the name of the 16-bit type float32 data travels as.
+# Gradient compression: the name of the 16-bit type float32 data travels as, and its format
+# in the kernel tables (kernels/half.py).
 COMPRESSIONS = {None: None, "bf16": "bfloat16", "fp16": "float16"}
+WIRE_FORMATS = {"bf16": "bf16", "fp16": "fp16"}
 
 
 def bfloat16():
@@ -35,11 +37,6 @@ def bfloat16():
     dt = np.dtype(ml_dtypes.bfloat16)
     DTYPE_CODE.setdefault(dt, BFLOAT16_CODE)
     return dt
-
-
-def wire_dtype(compression):
-    name = COMPRESSIONS[compression]
-    return None if name is None else bfloat16() if name == "bfloat16" else np.dtype(name)
 
 
 def is_bfloat16(dtype):
@@ -81,8 +78,8 @@ def is_floating(dtype):
 
 
 def check_compression(compression, dtype, op):
-    """The wire dtype of ``compression`` for ``dtype`` data (None for none); TypeError or
-    ValueError for what cannot be compressed."""
+    """The wire format of ``compression`` ("bf16", "fp16") for ``dtype`` data (None for
+    none); TypeError or ValueError for what cannot be compressed."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; expected None, 'bf16' or "
                          "'fp16'")
@@ -92,7 +89,7 @@ def check_compression(compression, dtype, op):
         raise TypeError(f"compression={compression!r} takes float32 data, got {dtype}")
     if op not in ("sum", "avg"):
         raise ValueError(f"compression={compression!r} serves op 'sum' and 'avg', got op={op!r}")
-    return wire_dtype(compression)
+    return WIRE_FORMATS[compression]
 
 
 def compression_code(compression):

@@ -137,7 +137,7 @@ class DeviceBackend:
         return self.scratch(c, "fusion", dtype, n)
 
     @staticmethod
-    def codec(wire):
+    def codec(fmt, op):
         raise TypeError("compression of CUDA device arrays is not available: the device "
                         "backend has no agreed-scale (amax) reduction or error-feedback step "
                         "yet; compress on the host, or pass bfloat16/float16 device arrays")

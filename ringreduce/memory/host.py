@@ -125,12 +125,21 @@ class HostBackend:
 
     # -- compression -------------------------------------------------------------------------
     @staticmethod
-    def codec(wire):
-        """``(compress(dst, src, s), decompress(dst, src, s))``: float32 to ``wire`` values
-        multiplied by ``s`` (a power of two, exact) with one rounding to nearest-even, and
-        back multiplied by ``s`` (the Numba kernels of ``kernels/half.py``)."""
-        from ..kernels.cpu import compress_kernel, decompress_kernel
-        return compress_kernel(wire), decompress_kernel(wire)
+    def codec(fmt, op):
+        """``(reduce(dst, src), compress(dst, src, s), decompress(dst, src, s))`` for the wire
+        format ``fmt`` ("bf16", "fp16") on its uint16 bits: ``op`` on wire values, float32 to
+        wire values multiplied by ``s`` (a power of two, exact) with one rounding to
+        nearest-even, and back multiplied by ``s`` (``kernels/cpu.py``'s half-precision
+        kernels)."""
+        from ..kernels.cpu import compress_kernel, decompress_kernel, wire_reduce_kernel
+        return wire_reduce_kernel(op, fmt), compress_kernel(fmt), decompress_kernel(fmt)
+
+    @staticmethod
+    def ring_codec(fmt):
+        """The compressed ring's ``(send, fold, widen)`` kernels for ``fmt``
+        (``collectives/compress.py``'s ``RingWire``)."""
+        from ..kernels.cpu import ring_kernel
+        return tuple(ring_kernel(what, fmt) for what in ("send", "fold", "widen"))
 
     @staticmethod
     def amax(a):

@@ -1,4 +1,5 @@
-"""The bfloat16 and float16 CPU kernels (kernels/half.py) against numpy's and ml_dtypes' casts.
+"""The bfloat16 and float16 CPU kernels, Numba's (kernels/half.py) and their numpy twins
+(kernels/half_np.py), against numpy's and ml_dtypes' casts.
 
 Every kernel must give, bit for bit, what ``kernels.reference`` computes with the libraries'
 own casts around one float32 operation. The reductions and the avg scaling are checked on all
@@ -17,6 +18,8 @@ from ringreduce.kernels import cpu, half, reference as ref
 DTYPES = (half.BFLOAT16, half.FLOAT16)
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 ROWS = 64   # other-operand values per block: 64 x 65536 elements, 8 MiB of uint16
+# Numba's kernels (half.py) and their numpy twins (half_np.py): both must give these bits.
+IMPLS = pytest.mark.parametrize("impl", ("numba", "numpy"))
 
 
 def blocks(others):
@@ -26,10 +29,11 @@ def blocks(others):
         yield np.tile(ALL_BITS, rows.size), np.repeat(rows, ALL_BITS.size)
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", cpu.OPS)
-def test_reduce_matches_the_float32_casts_on_every_bit_pattern(op, dtype):
-    kernel = cpu.reduce_kernel(op, dtype)
+def test_reduce_matches_the_float32_casts_on_every_bit_pattern(op, dtype, impl):
+    kernel = cpu.reduce_kernel(op, dtype, impl)
     # Every pattern as dst against 1024 others, and as src against 384 (the order decides
     # which NaN wins and which zero min and max return).
     for others, every_pattern_first in ((other_operands(dtype, 1024, op), True),
@@ -42,11 +46,12 @@ def test_reduce_matches_the_float32_casts_on_every_bit_pattern(op, dtype):
                               f" ({op} {dtype}, dst first: {every_pattern_first})")
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("divisor", (2, 3, 7, 1000, 4097))
-def test_avg_scaling_divides_in_float32_and_rounds_once(dtype, divisor):
+def test_avg_scaling_divides_in_float32_and_rounds_once(dtype, divisor, impl):
     dst = ALL_BITS.copy().view(dtype)
-    cpu.scale_kernel(dtype)(dst, divisor)
+    cpu.scale_kernel(dtype, impl)(dst, divisor)
     assert_bits_equal(dst, ref.half_scale(ALL_BITS.view(dtype), divisor), f" (/{divisor})")
 
 
@@ -59,49 +64,53 @@ def float32_samples():
     return (uppers[:, None] | lows[None, :]).ravel().view(np.float32)
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale", (1.0, 2.0 ** -12, 2.0 ** 10, 2.0 ** 100))
-def test_compress_rounds_like_the_cast(dtype, scale):
+def test_compress_rounds_like_the_cast(dtype, scale, impl):
     x = float32_samples()
     out = np.empty(x.size, np.uint16)
-    cpu.compress_kernel(dtype)(out, x, scale)
+    cpu.compress_kernel(dtype, impl)(out, x, scale)
     assert_bits_equal(out, ref.compress(x, dtype, scale), f" (scale {scale})")
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale", (1.0, 2.0 ** -10, 2.0 ** 12))
-def test_decompress_widens_every_pattern_exactly(dtype, scale):
+def test_decompress_widens_every_pattern_exactly(dtype, scale, impl):
     out = np.empty(ALL_BITS.size, np.float32)
-    cpu.decompress_kernel(dtype)(out, ALL_BITS.view(dtype), scale)
+    cpu.decompress_kernel(dtype, impl)(out, ALL_BITS.view(dtype), scale)
     expected = ref.decompress(ALL_BITS.view(dtype), scale)
     np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fp16_scale_keeps_large_gradients_finite_and_round_trips(dtype):
+def test_fp16_scale_keeps_large_gradients_finite_and_round_trips(dtype, impl):
     # Gradients of a few 1e6 overflow fp16 unscaled; scaled by 2**-7 they fit, and
     # decompressing by 2**7 gives back what one rounding of the scaled value allows.
     x = rng_for("big", dtype.name).standard_normal(4099).astype(np.float32) * 1e6
     wire = np.empty(x.size, dtype)
-    cpu.compress_kernel(dtype)(wire, x, 2.0 ** -7)
+    cpu.compress_kernel(dtype, impl)(wire, x, 2.0 ** -7)
     back = np.empty_like(x)
-    cpu.decompress_kernel(dtype)(back, wire, 2.0 ** 7)
+    cpu.decompress_kernel(dtype, impl)(back, wire, 2.0 ** 7)
     assert np.isfinite(back).all()
     unit = 2.0 ** -8 if dtype == half.BFLOAT16 else 2.0 ** -11
     # Half an ulp relative, or half of fp16's subnormal step (2**-24, unscaled by 2**7).
     assert (np.abs(back - x) <= np.maximum(unit * np.abs(x), 2.0 ** -18)).all()
     unscaled = np.empty(x.size, dtype)
-    cpu.compress_kernel(dtype)(unscaled, x)
+    cpu.compress_kernel(dtype, impl)(unscaled, x)
     assert np.isinf(unscaled.astype(np.float32)).any() == (dtype == half.FLOAT16)
 
 
+@IMPLS
 @pytest.mark.parametrize("n", (1, 7, 31, 100, 1001, 65537))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", cpu.OPS)
-def test_random_arrays_match_the_reference(op, dtype, n):
+def test_random_arrays_match_the_reference(op, dtype, n, impl):
     a, b = random_operands(op, dtype, n, rng_for(op, dtype.name, n))
     dst = a.copy()
-    cpu.reduce_kernel(op, dtype)(dst, b)
+    cpu.reduce_kernel(op, dtype, impl)(dst, b)
     assert_bits_equal(dst, ref.half(op, a, b))
     # The float64 reference (one rounding of the exact result) agrees away from NaN: for two
     # 16-bit operands, float32 first and then the half type is still one correct rounding.
@@ -109,12 +118,13 @@ def test_random_arrays_match_the_reference(op, dtype, n):
     assert_bits_equal(dst[finite], ref.reduce(op, a[finite], b[finite]))
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", cpu.OPS)
-def test_any_slice_gives_the_same_bits(op, dtype):
+def test_any_slice_gives_the_same_bits(op, dtype, impl):
     a, b = random_operands(op, dtype, 1500, rng_for("slices", op, dtype.name))
     whole = a.copy()
-    kernel = cpu.reduce_kernel(op, dtype)
+    kernel = cpu.reduce_kernel(op, dtype, impl)
     kernel(whole, b)
     for start in range(40):
         for stop in (start + 1, start + 17, start + 333, 1500 - (start % 7)):
@@ -128,26 +138,72 @@ def test_any_slice_gives_the_same_bits(op, dtype):
         assert_bits_equal(strided[0::step], a[0::step])  # what the slice skips stays
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_uint16_bits_are_accepted_as_the_half_type(dtype):
+def test_uint16_bits_are_accepted_as_the_half_type(dtype, impl):
     a, b = random_operands("sum", dtype, 97, rng_for("bits", dtype.name))
     typed, bits = a.copy(), a.copy().view(np.uint16)
-    cpu.reduce_kernel("sum", dtype)(typed, b)
-    cpu.reduce_kernel("sum", dtype)(bits, b.view(np.uint16))
+    cpu.reduce_kernel("sum", dtype, impl)(typed, b)
+    cpu.reduce_kernel("sum", dtype, impl)(bits, b.view(np.uint16))
     assert_bits_equal(bits, typed)
 
 
+@pytest.mark.parametrize("n", (1, 3, 1001))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("op", cpu.OPS)
-def test_numpy_ufunc_path_agrees_on_finite_values(op, dtype):
-    a, b = random_operands(op, dtype, 1001, rng_for("numpy", op, dtype.name))
-    keep = np.isfinite(a.astype(np.float32)) & np.isfinite(b.astype(np.float32))
-    a, b = a[keep], b[keep]
-    ours, theirs = a.copy(), a.copy()
-    cpu.reduce_kernel(op, dtype)(ours, b)
-    with np.errstate(all="ignore"):
-        cpu.reduce_kernel(op, dtype, impl="numpy")(theirs, b)
-    assert_bits_equal(ours, theirs)
+def test_the_twins_and_numba_give_the_same_bits(op, dtype, n):
+    """Where neither is forced, either may serve a call (kernels/cpu.py's HALF): every value,
+    NaN and inf included, must come out the same from both."""
+    a, b = random_operands(op, dtype, n, rng_for("twins", op, dtype.name, n))
+    numba_out, twin_out = a.copy(), a.copy()
+    cpu.reduce_kernel(op, dtype, "numba")(numba_out, b)
+    cpu.reduce_kernel(op, dtype, "numpy")(twin_out, b)
+    assert_bits_equal(twin_out, numba_out)
+    empty = a[:0].copy()
+    cpu.reduce_kernel(op, dtype, "numpy")(empty, b[:0])
+    assert empty.size == 0
+
+
+class _Clock:
+    """perf_counter advancing ``step`` seconds a reading."""
+
+    def __init__(self, step):
+        self.now, self.step = 0.0, step
+
+    def perf_counter(self):
+        self.now += self.step
+        return self.now
+
+
+def test_the_twins_serve_until_they_have_spent_the_load_then_numba(monkeypatch):
+    """The default kernels (kernels/cpu.py's HALF): numpy's twins, timed, until their time
+    reaches BUY_SECONDS; from then on Numba's, untimed. Forced twins are not counted; Numba
+    loaded by a forced call is used from then on (its cost is spent)."""
+    monkeypatch.setattr(cpu, "time", _Clock(0.25))  # every timed call "takes" 0.25 s
+    cpu.HALF.reset()
+    try:
+        a, b = random_operands("sum", half.BFLOAT16, 999, rng_for("rent"))
+        expected = ref.half("sum", a, b)
+        kernel, scale = cpu.reduce_kernel("sum", a.dtype), cpu.scale_kernel(a.dtype)
+        cpu.reduce_kernel("sum", a.dtype, "numpy")(a.copy(), b)  # forced: not rent
+        assert (cpu.HALF.rented, cpu.HALF.numba) == (0.0, None)
+        served = []
+        for _ in range(6):
+            dst = a.copy()
+            kernel(dst, b)
+            assert_bits_equal(dst, expected)
+            served.append((cpu.HALF.rented, cpu.HALF.numba is not None))
+        scale(a.copy(), 3)
+        assert cpu.BUY_SECONDS == 1.0
+        assert served == [(0.25, False), (0.5, False), (0.75, False), (1.0, False),
+                          (1.0, True), (1.0, True)]
+        assert cpu.HALF.numba is half
+        cpu.HALF.reset()
+        cpu.reduce_kernel("sum", a.dtype, "numba")(a.copy(), b)
+        kernel(a.copy(), b)
+        assert (cpu.HALF.rented, cpu.HALF.numba) == (0.0, half)
+    finally:
+        cpu.HALF.reset()
 
 
 def test_bad_arguments_are_refused_loudly():

@@ -1,5 +1,5 @@
-"""The compressed ring's kernels (kernels/half.py ``RING``) against numpy's and ml_dtypes'
-casts, bit for bit: ``send`` is the compress kernel with an optional residual, ``fold`` sums a
+"""The compressed ring's kernels (kernels/half.py ``RING``, and half_np.py's twins) against
+numpy's and ml_dtypes' casts, bit for bit: ``send`` is the compress kernel with an optional residual, ``fold`` sums a
 16-bit partial and a float32 input in float32 and rounds once. ``fold`` is checked on all 65536
 patterns of the 16-bit operand against float32 values of every class (both zeros, subnormals,
 infinities, NaNs with payloads, values near fp16's overflow), at several power-of-two scales,
@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from _half_data import assert_bits_equal, rng_for
-from ringreduce.kernels import half, reference as ref
+from ringreduce.kernels import half, half_np, reference as ref
 
 DTYPES = (half.BFLOAT16, half.FLOAT16)
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 QUIET32 = np.uint32(0x00400000)
+# Numba's kernels and their numpy twins, which serve until Numba is loaded (kernels/cpu.py).
+MODULES = pytest.mark.parametrize("kernels", (half, half_np), ids=("numba", "numpy"))
 
 
 def float32_values(key):
@@ -50,11 +52,12 @@ def assert_same_residual(got, expected):
     assert np.isnan(got[nan]).all()
 
 
+@MODULES
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale", (1.0, 2.0 ** -12, 2.0 ** 10))
-def test_fold_sums_in_float32_and_rounds_once_on_every_pattern(dtype, scale):
+def test_fold_sums_in_float32_and_rounds_once_on_every_pattern(dtype, scale, kernels):
     fmt = half.FORMATS[dtype]
-    kernel = half.RING["fold", fmt]
+    kernel = kernels.RING["fold", fmt]
     xs = float32_values(fmt)
     h = np.tile(ALL_BITS, xs.size)
     x = np.repeat(xs, ALL_BITS.size)
@@ -71,11 +74,12 @@ def test_fold_sums_in_float32_and_rounds_once_on_every_pattern(dtype, scale):
     assert_same_residual(res, removed)
 
 
+@MODULES
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale", (1.0, 2.0 ** -7, 2.0 ** 12))
-def test_send_compresses_like_the_cast_and_keeps_the_residual(dtype, scale):
+def test_send_compresses_like_the_cast_and_keeps_the_residual(dtype, scale, kernels):
     fmt = half.FORMATS[dtype]
-    kernel = half.RING["send", fmt]
+    kernel = kernels.RING["send", fmt]
     x = np.concatenate([float32_values("send"),
                         rng_for("send", fmt).standard_normal(4099).astype(np.float32) * 1e3])
     expected = ref.compress(x, dtype, scale).view(np.uint16)
@@ -91,10 +95,11 @@ def test_send_compresses_like_the_cast_and_keeps_the_residual(dtype, scale):
     assert_same_residual(src, removed)
 
 
+@MODULES
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fold_of_a_slice_gives_the_same_bits(dtype):
+def test_fold_of_a_slice_gives_the_same_bits(dtype, kernels):
     fmt = half.FORMATS[dtype]
-    kernel = half.RING["fold", fmt]
+    kernel = kernels.RING["fold", fmt]
     rng = rng_for("slices", fmt)
     x = (rng.standard_normal(1500) * 100).astype(np.float32)
     h = (rng.standard_normal(1500) * 100).astype(dtype).view(np.uint16)
