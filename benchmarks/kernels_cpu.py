@@ -21,7 +21,10 @@ arrays of random normal values, each timed call with its arrays in cache:
   back into dst, the numpy/ml_dtypes way of getting the same bits, over the kernel;
 - speed-up over the ufunc: ``np.add(dst, src, out=dst)`` on the half dtype (numpy's float16
   loop, ml_dtypes' bfloat16 one) over the kernel;
-- compress / decompress: float32 to the half type and back, ``astype`` over the kernel.
+- compress / decompress: float32 to the half type and back, ``astype`` over the kernel;
+- numpy twins / Numba: the time of ``kernels/half_np.py``'s numpy twin of the sum, compress
+  and decompress kernels (the same bits, no Numba; what serves a process's first
+  half-precision calls) over the Numba kernel's.
 """
 import argparse
 import time
@@ -88,8 +91,10 @@ def half_round(name, nbytes, repeat, rng):
     f32 = np.float32
     wide_a, wide_b = a.astype(f32), b.astype(f32)        # float32, as many elements
     byte_a, byte_b = wide_a[:n // 2].copy(), wide_b[:n // 2].copy()  # float32, as many bytes
-    kernel, ufunc = reduce_kernel("sum", dtype), reduce_kernel("sum", dtype, "numpy")
-    compress, decompress = compress_kernel(dtype), decompress_kernel(dtype)
+    kernel, twin = reduce_kernel("sum", dtype, "numba"), reduce_kernel("sum", dtype, "numpy")
+    compress, decompress = compress_kernel(dtype, "numba"), decompress_kernel(dtype, "numba")
+    twin_compress, twin_decompress = compress_kernel(dtype, "numpy"), decompress_kernel(dtype,
+                                                                                        "numpy")
     wire, back = np.empty(n, dtype), np.empty(n, f32)
 
     def astype_sum():
@@ -105,16 +110,21 @@ def half_round(name, nbytes, repeat, rng):
         t = interleaved({
             "half": lambda: kernel(a, b), "f32 elements": lambda: nb_sum(wide_a, wide_b),
             "f32 bytes": lambda: nb_sum(byte_a, byte_b), "astype": astype_sum,
-            "ufunc": lambda: ufunc(a, b),
+            "ufunc": lambda: np.add(a, b, out=a), "twin": lambda: twin(a, b),
             "compress": lambda: compress(wire, wide_a), "astype compress": astype_compress,
             "decompress": lambda: decompress(back, wire), "astype decompress": astype_decompress,
+            "twin compress": lambda: twin_compress(wire, wide_a),
+            "twin decompress": lambda: twin_decompress(back, wire),
         }, repeat)
     return {"time / float32's, same elements": t["half"] / t["f32 elements"],
             "GB/s / float32's, same bytes": t["f32 bytes"] / t["half"],
             "speed-up over astype": t["astype"] / t["half"],
             "speed-up over the ufunc": t["ufunc"] / t["half"],
             "compress, speed-up over astype": t["astype compress"] / t["compress"],
-            "decompress, speed-up over astype": t["astype decompress"] / t["decompress"]}
+            "decompress, speed-up over astype": t["astype decompress"] / t["decompress"],
+            "numpy twins / Numba: sum": t["twin"] / t["half"],
+            "compress": t["twin compress"] / t["compress"],
+            "decompress": t["twin decompress"] / t["decompress"]}
 
 
 def half_table(sizes, repeat, runs):

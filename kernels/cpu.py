@@ -150,8 +150,9 @@ def scale_kernel(dtype, impl=None):
 #
 # Which serves by default is a rent-or-buy choice. Importing Numba and loading its first
 # cached kernel costs about a second here (docs/benchmarks.md, "Start-up"), more than the
-# whole rest of a first collective; the twins need nothing loaded but run 3-12x slower
-# (bf16 sum 1.6 against 0.2 ns an element, fp16 10.5 against 0.9). So the twins serve until
+# whole rest of a first collective; the twins need nothing loaded but take 2.7-30x Numba's
+# time (docs/benchmarks.md, "Half-precision kernels": 7x for a bf16 sum of 1 MiB, 30x at
+# 16 MiB, where their temporaries leave the cache). So the twins serve until
 # they have spent BUY_SECONDS, what the load costs, and Numba's kernels from then on: a
 # process that reduces little half-precision data never loads Numba, and one that reduces
 # much pays at most twice the load in all (the rent-or-buy bound). Each rank decides by its
