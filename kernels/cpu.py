@@ -24,6 +24,7 @@ NaN handling follows numpy's ``minimum``/``maximum``: a NaN in either operand wi
 on any rank shows in the result (MPI leaves this unspecified).
 """
 import time
+import warnings
 
 import numpy as np
 
@@ -167,14 +168,26 @@ class _HalfServer:
     def __init__(self):
         self.numba = None      # kernels.half once loaded
         self.rented = 0.0      # seconds the twins have served
+        self.failed = None     # why loading Numba failed, if it did
 
     def module(self, impl):
         """half_np or half for ``impl`` ("numpy", "numba", None), and whether to time it."""
         if impl == "numpy":
             return _twins(), False
-        if impl == "numba" or self.numba is not None or self.rented >= BUY_SECONDS:
+        if impl == "numba" or self.numba is not None:
             return self.load(), False
-        return _twins(), True
+        if self.failed is None and self.rented >= BUY_SECONDS:
+            # The switch comes inside a collective, where an error on one rank would leave
+            # the others waiting: if Numba cannot load, say so once and keep the twins,
+            # which give the same bits.
+            try:
+                return self.load(), False
+            except Exception as exc:  # noqa: BLE001 - any failure to load: stay correct
+                self.failed = exc
+                warnings.warn(f"ringreduce: Numba's half-precision kernels failed to load "
+                              f"({type(exc).__name__}: {exc}); numpy's serve on",
+                              RuntimeWarning, stacklevel=2)
+        return _twins(), self.failed is None
 
     def load(self):
         if self.numba is None:
@@ -183,7 +196,7 @@ class _HalfServer:
 
     def reset(self):
         """Back to the twins (tests)."""
-        self.numba, self.rented = None, 0.0
+        self.numba, self.rented, self.failed = None, 0.0, None
 
 
 HALF = _HalfServer()

@@ -9,6 +9,8 @@ operand orders; the codecs on every float32
 upper half with the low halves that decide a rounding; then on random arrays and on slices
 at every offset, since a kernel is element-wise and must not care where a chunk starts.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -202,6 +204,35 @@ def test_the_twins_serve_until_they_have_spent_the_load_then_numba(monkeypatch):
         cpu.reduce_kernel("sum", a.dtype, "numba")(a.copy(), b)
         kernel(a.copy(), b)
         assert (cpu.HALF.rented, cpu.HALF.numba) == (0.0, half)
+    finally:
+        cpu.HALF.reset()
+
+
+def test_numba_failing_to_load_leaves_the_twins_serving(monkeypatch):
+    """The switch to Numba happens inside a collective: a load that fails must not raise
+    there (the other ranks would wait), but warn once and keep the twins."""
+    def broken():
+        raise ImportError("no numba here")
+
+    monkeypatch.setattr(cpu, "_half", broken)
+    monkeypatch.setattr(cpu, "BUY_SECONDS", 0.0)
+    cpu.HALF.reset()
+    try:
+        a, b = random_operands("sum", np.dtype(np.float16), 301, rng_for("broken"))
+        kernel = cpu.reduce_kernel("sum", a.dtype)
+        with pytest.warns(RuntimeWarning, match="failed to load .*no numba here.*numpy's "
+                                                "serve on"):
+            dst = a.copy()
+            kernel(dst, b)
+        assert_bits_equal(dst, ref.half("sum", a, b))
+        dst = a.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a second warning would raise here
+            kernel(dst, b)
+        assert_bits_equal(dst, ref.half("sum", a, b))
+        assert isinstance(cpu.HALF.failed, ImportError) and cpu.HALF.numba is None
+        with pytest.raises(ImportError, match="no numba here"):
+            cpu.reduce_kernel("sum", a.dtype, "numba")(a.copy(), b)  # forced: raises
     finally:
         cpu.HALF.reset()
 
