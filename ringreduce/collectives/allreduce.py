@@ -20,8 +20,11 @@ from .compress import Codec
 from .grouped import reduce_buffer
 
 _PLANS = {}
-# The plans of calls that ride in the header with host memory, by (shape, dtype, op,
-# algorithm, segment_bytes): the hot path of small allreduces (see allreduce).
+# The plans of uncompressed host calls that need nothing decided per communicator, by
+# (shape, dtype, op, algorithm, segment_bytes): those that ride in the header on every
+# communicator and those that never do (see allreduce and _cached). Per-call Python work is
+# most of a small call, and 10-20 us of a 1 MiB one on the shared 2-core VM (its caches
+# cold after the copies): 8-15% of what native MPI_Allreduce takes there.
 _SMALL = {}
 # ... and those that ride only where every rank shares a host (Comm.one_host).
 _SMALL_HOST = {}
@@ -41,11 +44,14 @@ class _Call:
         if plan is None:
             plan = _PLANS[key] = self._plan(mem, shape, dtype, arr.size, op, algorithm,
                                             segment_bytes, compression)
-            if mem is HOST and (plan[5] or plan[8]):  # piggyback (on one host only: plan[8])
-                (_SMALL if plan[5] else _SMALL_HOST)[(shape, dtype, op, algorithm,
-                                                      segment_bytes)] = (
-                    plan[0], plan[2], plan[3], plan[6], header_bytes(plan[6]),
-                    HOST.first(plan[2]))
+            if mem is HOST and plan[7] is None:  # no codec
+                # piggyback (plan[5]; on one host only: plan[8]), or never riding
+                rides = plan[5] or plan[8]
+                (_SMALL_HOST if plan[8] and not plan[5] else _SMALL)[
+                    (shape, dtype, op, algorithm, segment_bytes)] = (
+                    plan[0], plan[2], plan[3], plan[6],
+                    header_bytes(plan[6]) if rides else None,
+                    HOST.first(plan[2]) if rides else None, plan[1], plan[4])
         (self.op, self.algorithm, self.reduce, self.scale, self.seg_bytes, self.piggyback,
          self.sig, self.codec, on_one_host) = plan
         # Sizes that ride only where every rank shares a host: never in _SMALL, whose plans
@@ -104,7 +110,7 @@ def allreduce(x, op="sum", *, algorithm="auto", comm=None, out=None, segment_byt
         key = (x.shape, x.dtype, op, algorithm, segment_bytes)
         plan = _SMALL.get(key) or (c.one_host and _SMALL_HOST.get(key) or None)
         if plan is not None and x.flags.c_contiguous and (out is None or _plain_out(x, out)):
-            return _small(c, x, out, plan, algorithm, segment_bytes)
+            return _cached(c, x, out, plan, algorithm, segment_bytes)
     mem = HOST if type(x) is ndarray else backend_of(x)  # the common case without a call
     try:
         call = _Call(mem, x, op, algorithm, out, segment_bytes, compression, c.one_host)
@@ -156,14 +162,27 @@ def _plain_out(x, out):
     return True
 
 
-def _small(c, x, out, plan, algorithm, segment_bytes):
-    """A host call whose plan rides in the header, on a contiguous array, into a new array,
-    in place, or into a plain ``out`` (``_plain_out``): the general body's steps with nothing
-    left to decide (the plan was validated when it was made), since such calls are dominated
-    by per-call Python work. At two ranks the header pass's one exchange writes the result
-    straight into its destination (``HeaderState.pair``)."""
-    op, reduce, scale, sig, mine, first = plan
+def _cached(c, x, out, plan, algorithm, segment_bytes):
+    """A host call with a plan of ``_SMALL`` (or ``_SMALL_HOST`` on one host), on a
+    contiguous array, into a new array, in place, or into a plain ``out`` (``_plain_out``):
+    the general body's steps with nothing left to decide (the plan was validated when it was
+    made). A call that rides in the header is its pass: at two ranks the pass's one exchange
+    writes the result straight into its destination (``HeaderState.pair``). Any other is a
+    header-only pass, then its algorithm into the destination."""
+    op, reduce, scale, sig, mine, first, name, seg = plan
     flat = x if x.ndim == 1 else x.reshape(-1)  # each reshape costs 0.1 us of a 3 us call
+    if mine is None:
+        negotiate(c, sig, None, lambda: _Call(HOST, x, op, algorithm, out, segment_bytes,
+                                              None).describe())
+        if out is None:
+            dest = empty(x.size, x.dtype)
+        else:
+            dest = flat if out is x else out if out.ndim == 1 else out.reshape(-1)
+        if x.size:
+            reduce_buffer(c, HOST, flat, dest, reduce, scale, name, seg)
+        if out is not None:
+            return out
+        return dest if x.ndim == 1 else dest.reshape(x.shape)
     st = c.state.header or (c.size > 1 and header_state(c))
     if st and st.peer is not None and first is not None:
         if out is None:
