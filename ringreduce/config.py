@@ -45,7 +45,7 @@ DEFAULTS = {
     # this machine, by MPI library, rank count and whether the ranks share one node. Unset:
     # the built-in rule (core/choose.py).
     "RINGREDUCE_TUNING_FILE": "",
-    # 1: "auto" times shm against the ring on one node from 1 MiB to 8 MiB in the job and
+    # 1: "auto" times shm against the ring on one node from 1 MiB to 32 MiB in the job and
     # keeps the faster (core/adapt.py); 0: the fixed rule alone.
     "RINGREDUCE_ADAPT": 1,
 }

@@ -1,8 +1,8 @@
 """Where the two one-node algorithms trade places from one job to the next, "auto" times both
 in the job itself and keeps the faster: a race per size class, dtype and communicator.
 
-Why. On one node, from 1 MiB to 8 MiB, the shared-memory algorithm and the ring each win
-by 20-40% depending on how the machine places the ranks' cores, which changes from job to
+Why. On one node, from 1 MiB to 32 MiB, the shared-memory algorithm and the ring each win
+by 20-50% depending on how the machine places the ranks' cores, which changes from job to
 job and sometimes within one (docs/benchmarks.md: "MPICH and Open MPI" for the race's table,
 "Shared-memory allreduce" for why the placement matters). On the shared 2-core VM the tables
 come from, at 1 MiB under Open MPI, the ring took 0.63-0.69x native in the jobs where native
@@ -27,9 +27,15 @@ rule of ``core/choose.py`` alone, or a tuning file, which also turns it off).
 """
 import statistics
 
-# Sizes raced on one node (bytes, exclusive at the top), between the candidates below.
+# Sizes raced on one node (bytes, exclusive at the top), between the candidates below. From
+# 32 MiB the single-copy algorithm runs where it can (core/choose.py, AUTO_DIRECT_BYTES).
+# The top was 8 MiB, until three jobs per MPI at 2 ranks (`-n 40`, race to 32 MiB) showed
+# the same split from 8 to 24 MiB: shm 0.47-0.69x native in some jobs and 1.01-1.45x in
+# others, the ring 0.53-0.79x; "auto" within 0.05 of the faster in every row, and below the
+# ring alone by 0.11-0.17 at 16 MiB in four of the six (docs/benchmarks.md, "MPICH and Open
+# MPI").
 RACE_MIN_BYTES = 1 << 20
-RACE_MAX_BYTES = 8 << 20
+RACE_MAX_BYTES = 32 << 20
 CANDIDATES = ("shm", "ring")
 # Untimed calls of each candidate, then timed calls of each, per race.
 WARMUP = 1

@@ -27,7 +27,7 @@ AUTO_SHM_BYTES = 32 << 10
 # jobs), under MPICH 0.53x against 0.84x in the three jobs of "MPICH and Open MPI" (now) and
 # 0.53-0.81 against 0.58-0.87 over nine runs before; at 2 MiB the two alternate from job to
 # job (shm 0.54-0.98, ring 0.58-0.88 in four), at 4 MiB the ring leads. So 2 MiB, on both.
-# From 1 to 8 MiB "auto" does not follow this bound but races the two in the job
+# From 1 to 32 MiB "auto" does not follow this bound but races the two in the job
 # (core/adapt.py, collectives/run.py): this bound is what RINGREDUCE_ADAPT=0 runs.
 AUTO_SHM_MAX_BYTES = 2 << 20
 # A library whose measurements differ gets its own limit here, by ``MPI.get_vendor()[0]``
