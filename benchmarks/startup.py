@@ -15,8 +15,8 @@ and each figure is the median over jobs of the slowest rank's time. The variants
   imports mpi4py and initialises MPI inside this);
 - ``rr.grouped``: ``rr.grouped_allreduce`` of that array cut into 8 tensors;
 - ``rr.async``: ``rr.allreduce_async(...).wait()`` (starts the background engine);
-- ``rr.bf16``: ``rr.allreduce(x, compression="bf16")`` (the half-precision kernels and
-  ml_dtypes load here);
+- ``rr.bf16``: ``rr.allreduce(x, compression="bf16")`` (served by the half-precision
+  kernels' numpy twins: neither Numba nor ml_dtypes loads, ``kernels/cpu.py`` ``HALF``);
 - ``import only``: ``import ringreduce`` alone (mpi4py is not imported yet).
 
 A rank's time ends before the allreduce that reports it.
