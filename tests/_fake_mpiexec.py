@@ -47,9 +47,10 @@ def make_fake(tmp_path, version, name="mpiexec"):
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    # The caller's RINGREDUCE_* variables would otherwise show up in every built command.
+    # The caller's RINGREDUCE_* variables would otherwise show up in every built command, and
+    # an OMPI_MCA_btl of theirs would take the launcher's own btl choice out of it.
     for name in list(os.environ):
-        if name.startswith("RINGREDUCE_"):
+        if name.startswith("RINGREDUCE_") or name == "OMPI_MCA_btl":
             monkeypatch.delenv(name)
 
 

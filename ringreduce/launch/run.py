@@ -122,10 +122,11 @@ def forwarded_env(environ, extra):
 
 
 def build_command(flavour, mpiexec, np, program, hostfile=None, env=None, oversubscribe=False,
-                  launcher_exec=None, openmpi_version=4):
+                  launcher_exec=None, openmpi_version=4, btl_given=False):
     """The mpiexec argv for `flavour`. `hostfile` is the path of a file already in that
     launcher's format, or None to run on this machine only. `openmpi_version` (the major
-    version) matters only for the name of the ssh replacement's parameter."""
+    version) matters only for the name of the ssh replacement's parameter. `btl_given`: the
+    user chose Open MPI's byte-transfer layers (OMPI_MCA_btl) themselves."""
     env = env or {}
     if flavour == HYDRA:
         cmd = [mpiexec, "-n", str(np)]
@@ -145,6 +146,13 @@ def build_command(flavour, mpiexec, np, program, hostfile=None, env=None, oversu
             cmd += ["--hostfile", hostfile]
         if oversubscribe:
             cmd.append("--oversubscribe")
+        if hostfile is None and not (btl_given or "OMPI_MCA_btl" in env):
+            # On this machine only, shared memory and self carry every message, and Open
+            # MPI's libfabric layer ("ofi") costs a second of MPI_Init probing for a fabric
+            # (1.08-1.15 s against 0.08 s without it, pip's Open MPI 5.0.11 on the
+            # development VM: docs/benchmarks.md, "Start-up"). As horovodrun sets btl for
+            # Open MPI, it is left out here unless the user chose the layers.
+            cmd += ["--mca", "btl", "^ofi"]
         if launcher_exec is not None:
             # Open MPI 5 moved launching to PRRTE, whose parameter is plm_ssh_agent;
             # `--mca` reaches PRRTE's parameters too.
@@ -315,7 +323,8 @@ def _launch(args, out):
                     f.write(hostfile_text)
             cmd = build_command(flavour, mpiexec, np, program, hostfile, job_env,
                                 args.oversubscribe, launcher_exec,
-                                openmpi_major(version_output) or 4)
+                                openmpi_major(version_output) or 4,
+                                btl_given="OMPI_MCA_btl" in os.environ)
             if dry_run:
                 _print_dry_run(out, flavour, evidence, hostfile, source, hostfile_text, cmd,
                                restarts, check, min_np)

@@ -88,7 +88,8 @@ def test_openmpi_command():
 
 def test_openmpi5_names_the_ssh_agent_for_prrte():
     cmd = build_command(OPENMPI, "mpirun", 2, ["p"], launcher_exec="/x/ssh", openmpi_version=5)
-    assert cmd == ["mpirun", "-np", "2", "--mca", "plm_ssh_agent", "/x/ssh", "p"]
+    assert cmd == ["mpirun", "-np", "2", "--mca", "btl", "^ofi", "--mca", "plm_ssh_agent",
+                   "/x/ssh", "p"]
 
 
 @pytest.mark.parametrize("output,major", [(OPENMPI4_VERSION, 4), (OPENMPI5_VERSION, 5),
@@ -104,12 +105,35 @@ def test_dry_run_openmpi5_launcher_exec(tmp_path, capsys, monkeypatch):
     agent.chmod(0o755)
     monkeypatch.chdir(tmp_path)  # a relative --launcher-exec comes out absolute
     cmd, _ = dry_run(capsys, ["--mpiexec", fake, "-np", "2", "--launcher-exec", "./agent", "p"])
-    assert cmd == [fake, "-np", "2", "--mca", "plm_ssh_agent", str(agent), "p"]
+    assert cmd == [fake, "-np", "2", "--mca", "btl", "^ofi", "--mca", "plm_ssh_agent",
+                   str(agent), "p"]
 
 
 def test_local_run_has_no_hostfile():
     assert build_command(HYDRA, "mpiexec", 2, ["p"]) == ["mpiexec", "-n", "2", "p"]
-    assert build_command(OPENMPI, "mpirun", 2, ["p"]) == ["mpirun", "-np", "2", "p"]
+    # Open MPI on this machine only: without its libfabric layer (a second of MPI_Init)
+    assert build_command(OPENMPI, "mpirun", 2, ["p"]) == ["mpirun", "-np", "2", "--mca", "btl",
+                                                           "^ofi", "p"]
+
+
+def test_dry_run_leaves_out_ofi_unless_the_environment_chose(tmp_path, capsys, monkeypatch):
+    fake, _ = make_fake(tmp_path, OPENMPI5_VERSION, "mpirun")
+    cmd, _ = dry_run(capsys, ["--mpiexec", fake, "-np", "2", "p"])
+    assert cmd == [fake, "-np", "2", "--mca", "btl", "^ofi", "p"]
+    monkeypatch.setenv("OMPI_MCA_btl", "self,tcp")
+    cmd, _ = dry_run(capsys, ["--mpiexec", fake, "-np", "2", "p"])
+    assert cmd == [fake, "-np", "2", "p"]
+
+
+def test_the_users_own_btl_choice_stands():
+    """OMPI_MCA_btl in the environment, or forwarded with --env: no --mca btl of ours (it
+    would override theirs); with a hostfile (other machines, a fabric maybe) none either."""
+    assert build_command(OPENMPI, "mpirun", 2, ["p"], btl_given=True) == ["mpirun", "-np", "2",
+                                                                           "p"]
+    assert build_command(OPENMPI, "mpirun", 2, ["p"], env={"OMPI_MCA_btl": "self,tcp"}) == \
+        ["mpirun", "-np", "2", "-x", "OMPI_MCA_btl=self,tcp", "p"]
+    assert build_command(OPENMPI, "mpirun", 2, ["p"], "/tmp/h") == \
+        ["mpirun", "-np", "2", "--hostfile", "/tmp/h", "p"]
 
 
 def test_unknown_flavour():
