@@ -121,6 +121,25 @@ def forwarded_env(environ, extra):
     return env
 
 
+def btl_chosen(environ, mpiexec):
+    """Whether Open MPI's byte-transfer layers were chosen already: ``OMPI_MCA_btl`` in the
+    environment, or a ``btl`` line in the user's or the installation's MCA parameter file
+    (``~/.openmpi/mca-params.conf``, ``PREFIX/etc/openmpi-mca-params.conf`` beside
+    ``PREFIX/bin/mpirun``), which a ``--mca btl`` on the command line would override."""
+    if "OMPI_MCA_btl" in environ:
+        return True
+    where = os.path.dirname(os.path.dirname(os.path.realpath(mpiexec)))
+    for path in (os.path.join(environ.get("HOME", ""), ".openmpi", "mca-params.conf"),
+                 os.path.join(where, "etc", "openmpi-mca-params.conf")):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if any(re.match(r"\s*btl\s*=", line) for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def build_command(flavour, mpiexec, np, program, hostfile=None, env=None, oversubscribe=False,
                   launcher_exec=None, openmpi_version=4, btl_given=False):
     """The mpiexec argv for `flavour`. `hostfile` is the path of a file already in that
@@ -324,7 +343,7 @@ def _launch(args, out):
             cmd = build_command(flavour, mpiexec, np, program, hostfile, job_env,
                                 args.oversubscribe, launcher_exec,
                                 openmpi_major(version_output) or 4,
-                                btl_given="OMPI_MCA_btl" in os.environ)
+                                btl_given=btl_chosen(os.environ, mpiexec))
             if dry_run:
                 _print_dry_run(out, flavour, evidence, hostfile, source, hostfile_text, cmd,
                                restarts, check, min_np)

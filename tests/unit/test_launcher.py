@@ -11,8 +11,8 @@ import pytest
 from _fake_mpiexec import HYDRA_VERSION, OPENMPI4_VERSION, OPENMPI5_VERSION, clean_env, \
     dry_run, make_fake  # noqa: F401 - clean_env: an autouse fixture
 from ringreduce.launch import run
-from ringreduce.launch.run import HYDRA, OPENMPI, LaunchError, build_command, detect_flavour, \
-    forwarded_env, main
+from ringreduce.launch.run import HYDRA, OPENMPI, LaunchError, btl_chosen, build_command, \
+    detect_flavour, forwarded_env, main
 
 
 # --- flavour detection ---
@@ -123,6 +123,25 @@ def test_dry_run_leaves_out_ofi_unless_the_environment_chose(tmp_path, capsys, m
     monkeypatch.setenv("OMPI_MCA_btl", "self,tcp")
     cmd, _ = dry_run(capsys, ["--mpiexec", fake, "-np", "2", "p"])
     assert cmd == [fake, "-np", "2", "p"]
+
+
+def test_a_btl_line_in_an_mca_parameter_file_counts_as_chosen(tmp_path):
+    home, prefix = tmp_path / "home", tmp_path / "ompi"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "etc").mkdir()
+    mpirun = prefix / "bin" / "mpirun"
+    mpirun.write_text("")
+    env = {"HOME": str(home)}
+    assert not btl_chosen(env, str(mpirun))
+    assert btl_chosen({**env, "OMPI_MCA_btl": "self,sm"}, str(mpirun))
+    (home / ".openmpi").mkdir(parents=True)
+    (home / ".openmpi" / "mca-params.conf").write_text("# btl = self\npml = ob1\n")
+    assert not btl_chosen(env, str(mpirun))  # a comment and another parameter do not count
+    (home / ".openmpi" / "mca-params.conf").write_text("pml = ob1\n btl = self,tcp\n")
+    assert btl_chosen(env, str(mpirun))
+    (home / ".openmpi" / "mca-params.conf").unlink()
+    (prefix / "etc" / "openmpi-mca-params.conf").write_text("btl=^openib\n")
+    assert btl_chosen(env, str(mpirun))
 
 
 def test_the_users_own_btl_choice_stands():
