@@ -25,10 +25,9 @@ DTYPES = tuple(np.dtype(c) for c in (
 DTYPE_CODE = {dt: i for i, dt in enumerate(DTYPES)}
 BFLOAT16_CODE = len(DTYPES)
 
-# Gradient compression: the name of the 16-bit type float32 data travels as, and its format
-# in the kernel tables (kernels/half.py).
+# Gradient compression: the name of the 16-bit type float32 data travels as. A compression's
+# own name ("bf16", "fp16") is its format in the kernel tables (kernels/half.py).
 COMPRESSIONS = {None: None, "bf16": "bfloat16", "fp16": "float16"}
-WIRE_FORMATS = {"bf16": "bf16", "fp16": "fp16"}
 
 
 def bfloat16():
@@ -89,7 +88,7 @@ def check_compression(compression, dtype, op):
         raise TypeError(f"compression={compression!r} takes float32 data, got {dtype}")
     if op not in ("sum", "avg"):
         raise ValueError(f"compression={compression!r} serves op 'sum' and 'avg', got op={op!r}")
-    return WIRE_FORMATS[compression]
+    return compression
 
 
 def compression_code(compression):

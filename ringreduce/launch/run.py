@@ -237,6 +237,7 @@ def _launch(args, out):
 
     flavour, evidence, version_output = query_flavour(mpiexec)
     env = forwarded_env(os.environ, args.env)
+    btl_given = flavour == OPENMPI and btl_chosen(os.environ, mpiexec)  # once, not per start
 
     def start(hosts, np, restart_count, dry_run=False):
         try:
@@ -258,7 +259,7 @@ def _launch(args, out):
             cmd = build_command(flavour, mpiexec, np, program, hostfile, job_env,
                                 args.oversubscribe, launcher_exec,
                                 openmpi_major(version_output) or 4,
-                                btl_given=btl_chosen(os.environ, mpiexec))
+                                btl_given=btl_given)
             if dry_run:
                 _print_dry_run(out, flavour, evidence, hostfile, source, hostfile_text, cmd,
                                restarts, check, min_np)
