@@ -10,6 +10,7 @@ from mpi4py import MPI
 
 from ..config import get_config
 from ..errors import RankFailedError, RingReduceError
+from ..transport import comm as _comm
 from ..transport.comm import rank_failed
 from . import abort
 from .channel import Channel
@@ -32,13 +33,14 @@ class Engine:
 
     def channel(self, comm):
         """The channel of user communicator ``comm`` (collective when it is made: it
-        duplicates the communicator); starts the thread on first use."""
-        key = comm.handle
-        ch = self.channels.get(key)
-        if ch is None:
-            ch = Channel(self, comm, get_config(), self.clock())
+        duplicates the communicator); starts the thread on first use. The channel is kept
+        with the communicator (``comm_state``), so every rank finds the same one."""
+        state = _comm.comm_state(comm)
+        ch = state.get("engine")
+        if ch is None or self.channels.get(id(ch)) is not ch:  # none yet, or reset since
+            ch = state["engine"] = Channel(self, comm, get_config(), self.clock())
             with self.lock:
-                self.channels[key] = ch
+                self.channels[id(ch)] = ch
         if self.thread is None:
             cfg = get_config()
             if cfg.timeline and MPI.COMM_WORLD.Get_rank() == 0:
@@ -105,6 +107,20 @@ class Engine:
                 "while this allreduce was in flight; submit it again"))
         self.abort_at = None
 
+    def forget(self, state):
+        """The user freed a communicator (``state`` is what comm_state kept for it): its
+        channel goes, and whatever of it was still in flight fails instead of waiting for
+        ever. Safe from any thread (it runs inside the user's ``Free``)."""
+        ch = state.get("engine")
+        if ch is None or self.channels.get(id(ch)) is not ch:
+            return
+        with self.lock:
+            del self.channels[id(ch)]
+        if ch.waiting():
+            ch.fail(RingReduceError("allreduce_async: the communicator was freed while this "
+                                    "allreduce was in flight on it; wait for every handle "
+                                    "before freeing"))
+
     def stop(self):
         self.running = False
         self.wakeup.set()
@@ -129,3 +145,4 @@ def _progress(ch, now):
 
 
 ENGINE = Engine()
+_comm.on_free.append(ENGINE.forget)

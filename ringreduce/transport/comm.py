@@ -180,13 +180,57 @@ def mpi_library():
     return _LIBRARY
 
 
-_dups = {}  # (user communicator handle, purpose) -> (user comm, its group, duplicate)
+# What the library keeps per user communicator lives in an MPI attribute of that
+# communicator (comm_state), not in a table keyed by its handle: MPI reuses a freed
+# communicator's handle for a new one on some ranks and not others, so a table by handle
+# sent some ranks to a new duplicate (a collective) and others to the freed one's, and the
+# job hung. An attribute is the communicator's own: a new communicator has none on every
+# rank, any wrapper of the same communicator finds it, and MPI drops it when the user frees
+# the communicator (on every rank: freeing is collective).
+_KEYVAL = None  # the attribute's key, made on first use
+_generation = 0  # bumped by reset(): attributes of an older generation count as absent
+_served = {}  # id(user communicator) -> (that mpi4py object, its state): the hot path
 _made = []  # every mpi4py communicator the library made and has not forgotten (for revoking)
 _world = MPI.COMM_WORLD  # what comm=None means; see world() and reset()
 _world_comm = None  # get_comm(None), once made; forgotten by reset()
 # Called by reset(): layers that keep state of their own per communicator (the node split,
 # shared-memory windows) register here how to forget it.
 on_reset = []
+# Called with a communicator's state (the dict comm_state returned) when the user frees it.
+on_free = []
+
+
+def _freed(comm, keyval, value):
+    """MPI's delete callback for the attribute: the user freed ``comm`` (or reset() replaced
+    the attribute). The library's duplicates of it are kept, not freed: a background thread
+    may still hold them, and after a lost rank they may hold a dead one."""
+    state = value[1]
+    for key, (_user, st) in list(_served.items()):
+        if st is state:
+            del _served[key]
+    for forget in on_free:
+        try:
+            forget(state)
+        except Exception:  # a callback inside MPI_Comm_free must not raise
+            pass
+
+
+def comm_state(comm):
+    """The library's state for user communicator ``comm`` (an mpi4py communicator): a dict by
+    purpose, kept as an attribute of the communicator itself, so every rank finds the same
+    (empty on a new communicator, whatever handle MPI gave it). Local."""
+    global _KEYVAL
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL: expected a communicator this rank belongs "
+                         "to (a freed one, or this rank's result of Split with "
+                         "MPI.UNDEFINED, is COMM_NULL)")
+    if _KEYVAL is None:
+        _KEYVAL = MPI.Comm.Create_keyval(delete_fn=_freed)
+    got = comm.Get_attr(_KEYVAL)
+    if got is None or got[0] != _generation:
+        got = (_generation, {})
+        comm.Set_attr(_KEYVAL, got)
+    return got[1]
 
 
 def world():
@@ -217,7 +261,7 @@ def revoke_holding(failed):
     rank, get ``MPI_ERR_REVOKED`` instead of waiting for ever. Local, never raises."""
     if not failed.Get_size():
         return
-    users = [entry[0] for entry in list(_dups.values())]
+    users = [entry[0] for entry in list(_served.values())]
     for c in list(_made) + users:
         try:
             if c != MPI.COMM_NULL and not c.Is_revoked() and fault.ranks_in(failed, c):
@@ -275,8 +319,9 @@ def reset(new_world=None):
     (collectively, as at start-up). Local. Nothing old is freed: freeing is collective, and
     the old communicators may hold a dead rank. ``ringreduce.elastic`` calls it after
     shrinking the world; the background engine has its own ``ENGINE.reset``."""
-    global _world, _world_comm
-    _dups.clear()
+    global _world, _world_comm, _generation
+    _generation += 1
+    _served.clear()
     _made.clear()
     _world_comm = None
     _world = MPI.COMM_WORLD if new_world is None else new_world
@@ -285,17 +330,13 @@ def reset(new_world=None):
 
 
 def _private(comm, purpose, make):
-    """``make(comm)``, made once per user communicator and purpose and then kept."""
-    key = (comm.handle, purpose)
-    cached = _dups.get(key)
-    if cached is not None:
-        # A freed communicator's handle can be reused by a new one: only reuse the duplicate
-        # when the group is the same (a local call, no messages).
-        user, group, made = cached
-        if user is comm or MPI.Group.Compare(group, comm.Get_group()) == MPI.IDENT:
-            return made
-    made = make(comm)
-    _dups[key] = (comm, comm.Get_group(), made)
+    """``make(comm)``, made once per user communicator and purpose (collective where ``make``
+    is, on every rank alike: see comm_state) and then kept."""
+    state = comm_state(comm)
+    made = state.get(purpose)
+    if made is None:
+        made = state[purpose] = make(comm)
+    _served[id(comm)] = (comm, state)
     return made
 
 
@@ -324,9 +365,11 @@ def get_comm(comm=None):
         return _world_comm
     if isinstance(comm, Comm):
         return comm
-    cached = _dups.get((comm.handle, "collectives"))
+    cached = _served.get(id(comm))
     if cached is not None and cached[0] is comm:  # the common case, checked first: it is hot
-        return cached[2]
+        made = cached[1].get("collectives")
+        if made is not None:
+            return made
     return _private(comm, "collectives", _new_comm)
 
 

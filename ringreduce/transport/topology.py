@@ -87,13 +87,10 @@ def levels(comm, local_size=None, node=None):
     return st
 
 
-_nodes = {}  # user communicator handle -> its hierarchical Levels
-_comm.on_reset.append(_nodes.clear)  # after a reset, rr.init() splits the new world again
-
-
 def split(comm):
-    """The node split of ``comm`` for :func:`local_rank` (collective; ``init`` calls it)."""
-    _nodes[comm.handle] = levels(get_comm(comm))
+    """The node split of ``comm`` for :func:`local_rank` (collective; ``init`` calls it),
+    kept with the user's communicator (after a reset, rr.init() splits the new world again)."""
+    _comm.comm_state(comm)["nodes"] = levels(get_comm(comm))
 
 
 def _user(comm):
@@ -112,7 +109,7 @@ def size(comm=None):
 
 
 def _node(comm, what):
-    got = _nodes.get(_user(comm).handle)
+    got = _comm.comm_state(_user(comm)).get("nodes")
     if got is None:
         raise ValueError(f"rr.{what}() needs rr.init() on this communicator first: init is "
                          "collective and splits the ranks into nodes once, on every rank")

@@ -1,0 +1,79 @@
+"""Communicators the user makes and frees, as a job that splits its world again and again
+does. MPI may give a new communicator the handle of a freed one, on some ranks and not on
+others; what the library keeps per communicator (its duplicates, the engine's channel, the
+node split) must then start afresh on every rank alike. When it followed the handle, the
+ranks that got the old handle back used the freed communicator's duplicate while the others
+made a new one (a collective), and the job hung (Open MPI, 3 ranks).
+
+Runs at any rank count: plain ``pytest`` is 1 rank, ``mpiexec -n N python -m pytest`` is N.
+"""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import ringreduce as rr
+from ringreduce.engine.engine import ENGINE
+from ringreduce.transport.comm import comm_state
+
+P = MPI.COMM_WORLD.Get_size()
+RANK = MPI.COMM_WORLD.Get_rank()
+
+
+def _everyone_fresh(comm, sub):
+    """Whether the library holds nothing for ``sub`` on any rank (asked over ``comm``, so a
+    rank that wrongly found something fails the test on every rank instead of hanging)."""
+    return all(comm.allgather(comm_state(sub) == {}))
+
+
+@pytest.mark.parametrize("perturb", ["same", "rank 0 differs"])
+def test_a_new_communicator_in_a_freed_ones_place_starts_afresh(comm, perturb):
+    for round_ in range(3):
+        old = comm.Split(RANK % 2, RANK)
+        members = [r for r in range(P) if r % 2 == RANK % 2]
+        got = rr.allreduce(np.full(5, RANK + round_, np.int64), comm=old, algorithm="ring")
+        assert np.array_equal(got, np.full(5, sum(members) + round_ * len(members)))
+        rr.allreduce_async(np.ones(3), comm=old, name="a").wait(timeout=60)
+        rr.init(old)
+        handle = old.handle
+        old.Free()
+        # Rank 0 makes a communicator of its own in between: its next handle then differs
+        # from the freed one while the other ranks may get the freed one's back.
+        spare = MPI.COMM_SELF.Dup() if perturb != "same" and RANK == 0 else None
+        new = comm.Split(RANK % 2, RANK)
+        reused = comm.allgather(new.handle == handle)
+        assert _everyone_fresh(comm, new), f"handle reused per rank: {reused}"
+        got = rr.allreduce(np.full(7, 1.0), comm=new, algorithm="ring")
+        assert np.array_equal(got, np.full(7, float(len(members))))
+        h = rr.allreduce_async(np.full(4, 2.0), comm=new, name="a")
+        assert np.array_equal(h.wait(timeout=60), np.full(4, 2.0 * len(members)))
+        with pytest.raises(ValueError, match="rr.init"):
+            rr.local_rank(new)  # the freed communicator's init does not carry over
+        rr.init(new)
+        assert 0 <= rr.local_rank(new) < len(members)
+        new.Free()
+        if spare is not None:
+            spare.Free()
+
+
+def test_a_freed_communicator_is_refused_on_the_rank_that_passes_it(comm):
+    sub = comm.Split(0, RANK)
+    rr.allreduce(np.ones(2), comm=sub)
+    rr.allreduce_async(np.ones(2), comm=sub).wait(timeout=60)
+    ch = comm_state(sub)["engine"]
+    assert ENGINE.channels.get(id(ch)) is ch
+    sub.Free()
+    assert sub == MPI.COMM_NULL
+    assert id(ch) not in ENGINE.channels  # the engine no longer polls the freed one's channel
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        rr.allreduce(np.ones(2), comm=sub)
+    with pytest.raises(ValueError, match="COMM_NULL"):
+        rr.allreduce_async(np.ones(2), comm=sub)
+    # A rank left out of a split gets COMM_NULL: it alone is refused, the others reduce.
+    part = comm.Split(MPI.UNDEFINED if RANK == P - 1 and P > 1 else 0, RANK)
+    if part == MPI.COMM_NULL:
+        with pytest.raises(ValueError, match="COMM_NULL"):
+            rr.allreduce(np.ones(2), comm=part)
+    else:
+        assert np.array_equal(rr.allreduce(np.ones(2), comm=part), np.full(2, part.Get_size()))
+        part.Free()
+    assert np.array_equal(rr.allreduce(np.ones(2)), np.full(2, P))
