@@ -13,6 +13,8 @@ Times, interleaved, median of ``--iters`` (each call: barrier, call, slowest ran
 - with ``--huge-pages``, the in-place grouped call once more over copies of the tensors that
   each sit in an allocation of their own aligned to and backed by 2 MiB pages (numpy asks
   for them only for arrays of 4 MiB and more): what 4 KiB pages cost;
+- with ``--grouped-algorithms``, the in-place grouped call once more with each algorithm;
+- with ``--segments``, the in-place grouped call once more at each of these ``segment_bytes``;
 and prints each as a ratio to the two native figures and to the memcpy. float32, op sum.
 The first line names the MPI library.
 """
@@ -44,6 +46,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet50", choices=["resnet50", "transformer"])
     ap.add_argument("--caps", type=parse_size, nargs="+", default=[parse_size("64M")])
+    ap.add_argument("--segments", type=parse_size, nargs="*", default=[],
+                    help="add the grouped call in place with these segment_bytes")
+    ap.add_argument("--grouped-algorithms", nargs="*", default=[],
+                    help="add the grouped call in place with these algorithms (ring, direct)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--huge-pages", action="store_true",
@@ -73,6 +79,18 @@ def main():
             rr.grouped_allreduce(work, inplace=True, fusion_threshold=cap)
         return run
 
+    def segmented(seg):
+        def run():
+            rr.grouped_allreduce(work, inplace=True, fusion_threshold=args.caps[0],
+                                 segment_bytes=seg)
+        return run
+
+    def chosen(algorithm):
+        def run():
+            rr.grouped_allreduce(work, inplace=True, fusion_threshold=args.caps[0],
+                                 algorithm=algorithm)
+        return run
+
     def out_of_place():
         rr.grouped_allreduce(work, fusion_threshold=args.caps[0])
 
@@ -90,6 +108,10 @@ def main():
     runs = {"native per tensor": per_tensor, "native concatenated": concatenated}
     for cap in args.caps:
         runs[f"grouped cap {cap >> 20} MiB"] = grouped(cap)
+    for name in args.grouped_algorithms:
+        runs[f"grouped, {name}"] = chosen(name)
+    for seg in args.segments:
+        runs[f"grouped, segment {seg >> 10} KiB"] = segmented(seg)
     runs[f"out of place, cap {args.caps[0] >> 20} MiB"] = out_of_place
     if huge is not None:
         runs["grouped, 2 MiB pages"] = grouped_huge
