@@ -77,3 +77,18 @@ def test_a_freed_communicator_is_refused_on_the_rank_that_passes_it(comm):
         assert np.array_equal(rr.allreduce(np.ones(2), comm=part), np.full(2, part.Get_size()))
         part.Free()
     assert np.array_equal(rr.allreduce(np.ones(2)), np.full(2, P))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_freeing_with_an_allreduce_in_flight_fails_it_instead_of_waiting(comm):
+    """Rank 0 submits on a communicator the others never submit on, then every rank frees
+    it: rank 0's handle ends with an error that says why, it does not wait for ever."""
+    sub = comm.Split(0, RANK)
+    rr.init(sub)  # every rank's channel exists before one rank submits alone
+    h = rr.allreduce_async(np.ones(3), comm=sub, name="alone") if RANK == 0 else None
+    sub.Free()
+    if h is not None:
+        with pytest.raises(rr.RingReduceError, match="freed while this allreduce was in flight"):
+            h.wait(timeout=10)
+    assert np.array_equal(rr.allreduce_async(np.ones(2), name="after").wait(timeout=60),
+                          np.full(2, P))
