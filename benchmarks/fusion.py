@@ -74,21 +74,12 @@ def main():
 
     work = [g.copy() for g in grads]
 
-    def grouped(cap):
-        def run():
-            rr.grouped_allreduce(work, inplace=True, fusion_threshold=cap)
-        return run
+    def grouped(**options):
+        """The in-place grouped call over ``work`` (at the first cap unless told)."""
+        options.setdefault("fusion_threshold", args.caps[0])
 
-    def segmented(seg):
         def run():
-            rr.grouped_allreduce(work, inplace=True, fusion_threshold=args.caps[0],
-                                 segment_bytes=seg)
-        return run
-
-    def chosen(algorithm):
-        def run():
-            rr.grouped_allreduce(work, inplace=True, fusion_threshold=args.caps[0],
-                                 algorithm=algorithm)
+            rr.grouped_allreduce(work, inplace=True, **options)
         return run
 
     def out_of_place():
@@ -107,11 +98,11 @@ def main():
 
     runs = {"native per tensor": per_tensor, "native concatenated": concatenated}
     for cap in args.caps:
-        runs[f"grouped cap {cap >> 20} MiB"] = grouped(cap)
+        runs[f"grouped cap {cap >> 20} MiB"] = grouped(fusion_threshold=cap)
     for name in args.grouped_algorithms:
-        runs[f"grouped, {name}"] = chosen(name)
+        runs[f"grouped, {name}"] = grouped(algorithm=name)
     for seg in args.segments:
-        runs[f"grouped, segment {seg >> 10} KiB"] = segmented(seg)
+        runs[f"grouped, segment {seg >> 10} KiB"] = grouped(segment_bytes=seg)
     runs[f"out of place, cap {args.caps[0] >> 20} MiB"] = out_of_place
     if huge is not None:
         runs["grouped, 2 MiB pages"] = grouped_huge

@@ -193,7 +193,7 @@ _served = {}  # id(user communicator) -> (that mpi4py object, its state): the ho
 _made = []  # every mpi4py communicator the library made and has not forgotten (for revoking)
 _world = MPI.COMM_WORLD  # what comm=None means; see world() and reset()
 _world_comm = None  # get_comm(None), once made; forgotten by reset()
-# Called by reset(): layers that keep state of their own per communicator (the node split,
+# Called by reset(): layers that keep state of their own outside comm_state (the live
 # shared-memory windows) register here how to forget it.
 on_reset = []
 # Called with a communicator's state (the dict comm_state returned) when the user frees it.
