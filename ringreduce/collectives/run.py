@@ -76,8 +76,9 @@ def run_algorithm(c, mem, name, flat_in, flat_out, reduce, seg_bytes):
     """``name`` ("auto" or an algorithm ``mem`` supports) on 1-D buffers of ``mem``'s memory
     (or ``Spans`` of host arrays, for the ring) over the library communicator ``c``, through
     ``mem``'s transport. Where "auto" races shm against the ring (core/adapt.py), the call
-    runs the race's candidate, times it, and on a race's last call the ranks sum their
-    medians with one small allreduce and all keep the same winner."""
+    runs the race's candidate, times it, and on the last call of a race's round the ranks
+    sum their medians with one small allreduce and all keep the same winner (or, where it
+    is close, all race another round)."""
     seg = max(1, seg_bytes // flat_in.dtype.itemsize)
     if name != "auto":
         ALGORITHMS[name](mem.transport(c), flat_in, flat_out, reduce, seg)

@@ -15,10 +15,14 @@ communicator run the candidates in turn: ``WARMUP`` untimed calls of each (a win
 first-touch page faults), then ``SAMPLES`` timed calls of each, alternating so that drift
 hits both alike. Each rank keeps the median time per byte of each candidate; the ranks sum
 their medians with one small allreduce (:class:`Race` says when) and all take the candidate
-with the smaller sum, the first on a tie, so every rank keeps the same one. After
-``RETRY_CALLS`` calls on the winner the race is run again, since the machine may change under
-a long job. A race costs its loser's extra time on ``SAMPLES + WARMUP`` calls, about 1% of the
-calls when repeated.
+with the smaller sum, the first on a tie, so every rank keeps the same one. Where the two
+smallest sums are within ``CLOSE`` of each other the race goes on instead, ``SAMPLES`` more
+calls of each pooled with the ones before, up to ``ROUNDS`` rounds in all (six samples of a
+call whose time jumps by half from one call to the next picked the slower of two candidates
+that then differed by a third; a close race is where another round is cheap, since the two
+differ little). After ``RETRY_CALLS`` calls on the winner the race is run again, since the
+machine may change under a long job. A race costs its loser's extra time on at most
+``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of the calls when repeated.
 
 Every rank makes the same calls on a communicator in the same order, with sizes agreed in
 the header, so every rank counts the same calls in every race and the choice needs no other
@@ -40,6 +44,10 @@ CANDIDATES = ("shm", "ring")
 # Untimed calls of each candidate, then timed calls of each, per race.
 WARMUP = 1
 SAMPLES = 6
+# A race whose two smallest sums differ by less than CLOSE (relative) takes another round of
+# SAMPLES calls of each, up to ROUNDS rounds in all.
+CLOSE = 0.15
+ROUNDS = 3
 # Calls on the winner before the race is run again.
 RETRY_CALLS = 1000
 
@@ -48,6 +56,11 @@ def races(nbytes, p, one_node, host):
     """Whether "auto" races the candidates for ``nbytes`` on ``p`` ranks: host memory (shm
     needs it), every rank on one node, more than one rank, a size in the raced range."""
     return host and one_node and p > 1 and RACE_MIN_BYTES <= nbytes < RACE_MAX_BYTES
+
+
+def most_calls(candidates=CANDIDATES):
+    """The most calls one race can take, from its first call to its winner."""
+    return (WARMUP + SAMPLES * ROUNDS) * len(candidates)
 
 
 def size_class(nbytes):
@@ -66,6 +79,7 @@ class Race:
 
     def _restart(self):
         self.winner = None
+        self.rounds = 1
         self.calls = 0
         self.since = 0
         self.samples = [[] for _ in self.candidates]
@@ -78,7 +92,7 @@ class Race:
 
     def record(self, index, seconds, nbytes):
         """The call that ran candidate ``index`` took ``seconds`` for ``nbytes``. True when
-        this was the race's last call: the caller sums :meth:`medians` over the ranks and
+        this was the last call of a round: the caller sums :meth:`medians` over the ranks and
         hands the sums to :meth:`decide` before the next call."""
         if self.winner is not None:
             self.since += 1
@@ -89,15 +103,22 @@ class Race:
         if self.calls >= WARMUP * k:
             self.samples[index].append(seconds / max(nbytes, 1))
         self.calls += 1
-        return self.calls == (WARMUP + SAMPLES) * k
+        return self.calls == (WARMUP + SAMPLES * self.rounds) * k
 
     def medians(self):
         """Per candidate, this rank's median seconds per byte over the race's timed calls."""
         return [statistics.median(s) for s in self.samples]
 
     def decide(self, sums):
-        """Every rank's :meth:`medians` summed, per candidate: the smallest wins, the first
-        on a tie. Returns the winner's name."""
-        self.winner = min(range(len(sums)), key=lambda i: (sums[i], i))
+        """Every rank's :meth:`medians` summed, per candidate (the same on every rank, so
+        every rank decides alike): the smallest wins, the first on a tie; or, where the two
+        smallest are within ``CLOSE`` and rounds are left, none yet and the race goes on.
+        Returns the winner's name, or None while the race goes on."""
+        order = sorted(range(len(sums)), key=lambda i: (sums[i], i))
+        if (self.rounds < ROUNDS and len(order) > 1
+                and sums[order[1]] - sums[order[0]] < CLOSE * sums[order[0]]):
+            self.rounds += 1
+            return None
+        self.winner = order[0]
         self.since = 0
         return self.candidates[self.winner]

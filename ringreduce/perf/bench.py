@@ -11,7 +11,10 @@ clock (OSU's method); a call's time is the slowest rank's, and the table shows t
 separate check pass on integer-valued data, where every summation order is exact: it counts
 elements that differ from the exact answer, summed over ranks. ``vs native`` is the median
 time over native's median time: below 1 is faster than MPI. ``memcpy`` is one local copy of
-the same bytes, timed in the same run: the memory-bandwidth floor on one box.
+the same bytes, timed in the same run: the memory-bandwidth floor on one box. ``auto`` is
+timed settled: before a size's timed calls it runs as many untimed ones as its race between
+shm and the ring can take (``core/adapt.py``), as a training loop does in its first steps;
+``--unsettled`` times it from its first call, the race's calls of the loser among the timed.
 
 An algorithm may carry a segment size: ``ring:262144`` is the ring with 256 KiB segments; a
 compression: ``ring+bf16`` sends the float32 data as bfloat16 (``+fp16``: float16, scaled);
@@ -30,6 +33,7 @@ from mpi4py import MPI
 
 from ..algorithms import ALGORITHMS
 from ..collectives.allreduce import allreduce
+from ..core.adapt import most_calls
 from ..core.tables import COMPRESSIONS
 
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
@@ -143,7 +147,11 @@ def time_interleaved(comm, runs, iters, warmup):
     return med
 
 
-def time_size(algs, comm, nbytes, dtype, op, iters, warmup):
+def time_size(algs, comm, nbytes, dtype, op, iters, warmup, settle=True):
+    """Median seconds of each algorithm at ``nbytes``. With ``settle``, every "auto" first
+    runs as many calls as its race can take (``core/adapt.py``), so the timed calls are those
+    of the settled choice, as in a training loop past its first few dozen steps; without,
+    the race's calls of both candidates are among the timed ones."""
     n = nbytes // dtype.itemsize
     rng = np.random.default_rng(comm.Get_rank())
     data = rng.standard_normal(n)
@@ -154,6 +162,9 @@ def time_size(algs, comm, nbytes, dtype, op, iters, warmup):
     for d in {dtype} | {s.dtype for s in algs if s.dtype is not None}:
         bufs[d] = (data.astype(d), np.empty(n, d))
     runners = {s.text: make_runner(s, comm, *bufs[s.dtype or dtype], op) for s in algs}
+    for s in algs:
+        for _ in range(most_calls() if settle and s.name == "auto" else 0):
+            runners[s.text]()
     return n, time_interleaved(comm, runners, iters, warmup)
 
 
@@ -188,6 +199,8 @@ def main(argv=None, prog="python -m ringreduce.perf.bench"):
                     help="timed calls per size (default: 200 up to 64 KiB, 50 to 4 MiB, then 10)")
     ap.add_argument("-w", "--warmup", type=int, default=None,
                     help="untimed calls per size (default: a tenth of --iters, at least 2)")
+    ap.add_argument("--unsettled", action="store_true",
+                    help="time auto from its first call, its race's calls among the timed")
     ap.add_argument("-c", "--check", type=int, default=1, help="1: run the #wrong check pass")
     ap.add_argument("--memcpy", action="store_true", help="add a local memcpy column")
     ap.add_argument("--json", help="write the results as JSON to this file (rank 0)")
@@ -224,7 +237,8 @@ def main(argv=None, prog="python -m ringreduce.perf.bench"):
         nbytes -= nbytes % dtype.itemsize
         iters = args.iters or (200 if nbytes <= 64 << 10 else 50 if nbytes <= 4 << 20 else 10)
         warmup = args.warmup if args.warmup is not None else max(2, iters // 10)
-        n, med = time_size(algs, comm, nbytes, dtype, args.op, iters, warmup)
+        n, med = time_size(algs, comm, nbytes, dtype, args.op, iters, warmup,
+                           not args.unsettled)
         wrong = {s.text: (count_wrong(s, comm, n, s.dtype or dtype, args.op)
                           if args.check else -1) for s in algs}
         mc = time_memcpy(nbytes, iters) if args.memcpy else None

@@ -79,6 +79,23 @@ def test_the_sum_over_ranks_decides_for_every_rank(timed, nbytes):
     assert race.candidates[race.winner] == "ring"
 
 
+def test_a_close_race_runs_all_its_rounds_on_every_rank(timed):
+    # Within CLOSE on every rank: every rank races all the rounds, in step, and then all
+    # keep the faster; a far race (above) stops after its first.
+    ran, cost = timed
+    cost.update({"shm": 1.05e-9, "ring": 1e-9})
+    comm = fresh_comm()
+    n = (1 << 20) // 8
+    total = adapt.most_calls()
+    for call in range(total + 3):
+        check(rr.allreduce(inputs(n, RANK, call), comm=comm), n, call)
+    if P == 1:
+        return
+    assert ran[:total] == list(adapt.CANDIDATES) * (adapt.WARMUP + adapt.SAMPLES * adapt.ROUNDS)
+    assert ran[total:] == ["ring"] * 3
+    assert MPI.COMM_WORLD.allgather(ran) == [ran] * P
+
+
 def test_sizes_of_one_class_share_a_race_and_others_do_not(timed):
     # Sizes of one class feed one race (times are per byte); a class below the range is
     # not raced, and its calls leave the race where it was.

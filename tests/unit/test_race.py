@@ -3,16 +3,17 @@
 import pytest
 
 from ringreduce.core import adapt
-from ringreduce.core.adapt import RETRY_CALLS, SAMPLES, WARMUP, Race
+from ringreduce.core.adapt import CLOSE, RETRY_CALLS, ROUNDS, SAMPLES, WARMUP, Race
 
 RACE_CALLS = (WARMUP + SAMPLES) * len(adapt.CANDIDATES)
 
 
-def run_race(race, seconds_of, nbytes=1 << 20):
-    """Feed one whole race; ``seconds_of(name, call)`` is what the call took. Returns the
-    candidates run, in order, and whether each call said to agree."""
+def run_race(race, seconds_of, nbytes=1 << 20, calls=RACE_CALLS):
+    """Feed one round of a race (the first, with its warm-up, unless ``calls`` says
+    otherwise); ``seconds_of(name, call)`` is what the call took. Returns the candidates
+    run, in order, and whether each call said to agree."""
     ran, agree = [], []
-    for call in range(RACE_CALLS):
+    for call in range(calls):
         i = race.next()
         name = race.candidates[i]
         ran.append(name)
@@ -43,12 +44,43 @@ def test_medians_are_per_byte_and_robust_to_one_outlier():
 
 
 @pytest.mark.parametrize("sums,winner", [([2.0, 1.0], "ring"), ([1.0, 2.0], "shm"),
-                                         ([1.5, 1.5], "shm")])
-def test_the_smaller_sum_wins_the_first_on_a_tie(sums, winner):
+                                         ([1.0, 1.0 + 1.01 * CLOSE], "shm")])
+def test_the_smaller_sum_wins_where_they_are_apart(sums, winner):
     race = Race()
     run_race(race, lambda name, call: 1.0)
     assert race.decide(sums) == winner
     assert all(race.candidates[race.next()] == winner for _ in range(3))
+
+
+ROUND_CALLS = SAMPLES * len(adapt.CANDIDATES)
+
+
+def test_a_close_race_goes_on_with_its_samples_pooled():
+    # Within CLOSE: no winner yet; the next round alternates again, without a warm-up,
+    # and its samples join the first round's.
+    race = Race()
+    run_race(race, lambda name, call: 1.0)
+    assert race.decide([1.0, 1.0 + 0.9 * CLOSE]) is None
+    assert race.winner is None
+    times = {"shm": 4.0, "ring": 1.0}
+    ran, agree = run_race(race, lambda name, call: times[name], calls=ROUND_CALLS)
+    assert ran == list(adapt.CANDIDATES) * SAMPLES
+    assert agree == [False] * (ROUND_CALLS - 1) + [True]
+    assert [len(s) for s in race.samples] == [2 * SAMPLES] * 2
+    # shm: six samples of 1 s and six of 4 s, median 2.5 s; ring 1 s throughout
+    assert race.medians() == [2.5 / (1 << 20), 1.0 / (1 << 20)]
+    assert race.decide([2.5, 1.0]) == "ring"
+
+
+def test_after_the_last_round_the_smaller_wins_however_close_the_first_on_a_tie():
+    race = Race()
+    run_race(race, lambda name, call: 1.0)
+    for _ in range(ROUNDS - 1):
+        assert race.decide([1.5, 1.5]) is None
+        ran, agree = run_race(race, lambda name, call: 1.0, calls=ROUND_CALLS)
+        assert agree[-1] and not any(agree[:-1])
+    assert race.decide([1.5, 1.5]) == "shm"
+    assert adapt.most_calls() == RACE_CALLS + (ROUNDS - 1) * ROUND_CALLS
 
 
 def test_the_winner_runs_until_the_race_reruns():
@@ -58,9 +90,10 @@ def test_the_winner_runs_until_the_race_reruns():
     for _ in range(RETRY_CALLS):
         assert race.next() == 1
         assert race.record(1, 1.0, 1 << 20) is False
-    # a new race: both candidates again, from the warm-up on
+    # a new race: both candidates again, from the warm-up on, with all its rounds
     ran, agree = run_race(race, lambda name, call: 1.0)
     assert ran == list(adapt.CANDIDATES) * (WARMUP + SAMPLES) and agree[-1]
+    assert race.rounds == 1 and race.decide([1.0, 1.0]) is None
 
 
 def test_raced_sizes_are_whole_size_classes():
