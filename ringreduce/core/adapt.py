@@ -20,9 +20,14 @@ smallest sums are within ``CLOSE`` of each other the race goes on instead, ``SAM
 calls of each pooled with the ones before, up to ``ROUNDS`` rounds in all (six samples of a
 call whose time jumps by half from one call to the next picked the slower of two candidates
 that then differed by a third; a close race is where another round is cheap, since the two
-differ little). After ``RETRY_CALLS`` calls on the winner the race is run again, since the
-machine may change under a long job. A race costs its loser's extra time on at most
-``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of the calls when repeated.
+differ little). The winner is then watched: every ``WATCH_CALLS`` of its calls the ranks sum
+its median time per byte over them, and where that is more than ``DRIFT`` times what it won
+with, the race is run again at once (the machine changed mode, or a larger size of the class
+runs slower per byte: shm won at 16 MiB and then took 2.2x as long per byte at 24 MiB, in
+one MPICH job). After ``RETRY_CALLS`` calls on the winner the race is run again anyway, since
+the machine may change under a long job in ways the winner's own time does not show. A race
+costs its loser's extra time on at most ``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of
+the calls when repeated every 1,000; a watch, one small allreduce per ``WATCH_CALLS`` calls.
 
 Every rank makes the same calls on a communicator in the same order, with sizes agreed in
 the header, so every rank counts the same calls in every race and the choice needs no other
@@ -48,7 +53,11 @@ SAMPLES = 6
 # SAMPLES calls of each, up to ROUNDS rounds in all.
 CLOSE = 0.15
 ROUNDS = 3
-# Calls on the winner before the race is run again.
+# Every WATCH_CALLS calls on the winner the ranks compare its time with what it won with;
+# DRIFT times that runs the race again.
+WATCH_CALLS = 64
+DRIFT = 1.5
+# Calls on the winner before the race is run again in any case.
 RETRY_CALLS = 1000
 
 
@@ -75,6 +84,8 @@ class Race:
     def __init__(self, candidates=CANDIDATES):
         self.candidates = tuple(candidates)
         self.winner = None  # index into candidates once agreed
+        self.won = None  # the winner's sum over the ranks when it won
+        self.watched = []  # seconds per byte of the winner's calls since the last watch
         self._restart()
 
     def _restart(self):
@@ -92,13 +103,16 @@ class Race:
 
     def record(self, index, seconds, nbytes):
         """The call that ran candidate ``index`` took ``seconds`` for ``nbytes``. True when
-        this was the last call of a round: the caller sums :meth:`medians` over the ranks and
-        hands the sums to :meth:`decide` before the next call."""
+        this was the last call of a round, or of a watch of the winner: the caller sums
+        :meth:`medians` over the ranks and hands the sums to :meth:`decide` before the next
+        call."""
         if self.winner is not None:
             self.since += 1
             if self.since >= RETRY_CALLS:
                 self._restart()
-            return False
+                return False
+            self.watched.append(seconds / max(nbytes, 1))
+            return len(self.watched) == WATCH_CALLS
         k = len(self.candidates)
         if self.calls >= WARMUP * k:
             self.samples[index].append(seconds / max(nbytes, 1))
@@ -106,19 +120,32 @@ class Race:
         return self.calls == (WARMUP + SAMPLES * self.rounds) * k
 
     def medians(self):
-        """Per candidate, this rank's median seconds per byte over the race's timed calls."""
+        """Per candidate, this rank's median seconds per byte over the race's timed calls;
+        once there is a winner, one: its median over the watch's calls."""
+        if self.winner is not None:
+            return [statistics.median(self.watched)]
         return [statistics.median(s) for s in self.samples]
 
     def decide(self, sums):
         """Every rank's :meth:`medians` summed, per candidate (the same on every rank, so
         every rank decides alike): the smallest wins, the first on a tie; or, where the two
         smallest are within ``CLOSE`` and rounds are left, none yet and the race goes on.
-        Returns the winner's name, or None while the race goes on."""
+        Once there is a winner, ``sums`` is its watch's one sum: above ``DRIFT`` times
+        what it won with, the race starts again. Returns the winner's name, or None while the
+        race goes on."""
+        if self.winner is not None:
+            self.watched = []
+            if sums[0] > DRIFT * self.won:
+                self._restart()
+                return None
+            return self.candidates[self.winner]
         order = sorted(range(len(sums)), key=lambda i: (sums[i], i))
         if (self.rounds < ROUNDS and len(order) > 1
                 and sums[order[1]] - sums[order[0]] < CLOSE * sums[order[0]]):
             self.rounds += 1
             return None
         self.winner = order[0]
+        self.won = sums[order[0]]
         self.since = 0
+        self.watched = []
         return self.candidates[self.winner]

@@ -3,7 +3,8 @@
 import pytest
 
 from ringreduce.core import adapt
-from ringreduce.core.adapt import CLOSE, RETRY_CALLS, ROUNDS, SAMPLES, WARMUP, Race
+from ringreduce.core.adapt import (CLOSE, DRIFT, RETRY_CALLS, ROUNDS, SAMPLES, WARMUP,
+                                   WATCH_CALLS, Race)
 
 RACE_CALLS = (WARMUP + SAMPLES) * len(adapt.CANDIDATES)
 
@@ -84,16 +85,38 @@ def test_after_the_last_round_the_smaller_wins_however_close_the_first_on_a_tie(
 
 
 def test_the_winner_runs_until_the_race_reruns():
+    # Every WATCH_CALLS calls the winner's time is checked; as fast as it won, it stays.
     race = Race()
     run_race(race, lambda name, call: 1.0)
     race.decide([3.0, 1.0])
-    for _ in range(RETRY_CALLS):
+    for call in range(1, RETRY_CALLS + 1):
         assert race.next() == 1
-        assert race.record(1, 1.0, 1 << 20) is False
+        watch = race.record(1, 1.0, 1 << 20)
+        assert watch is (call % WATCH_CALLS == 0 and call < RETRY_CALLS)
+        if watch:
+            assert race.medians() == [1.0 / (1 << 20)]
+            assert race.decide([DRIFT * 1.0]) == "ring"  # at DRIFT, not above: kept
     # a new race: both candidates again, from the warm-up on, with all its rounds
     ran, agree = run_race(race, lambda name, call: 1.0)
     assert ran == list(adapt.CANDIDATES) * (WARMUP + SAMPLES) and agree[-1]
     assert race.rounds == 1 and race.decide([1.0, 1.0]) is None
+
+
+def test_a_winner_that_slows_down_past_drift_is_raced_again():
+    # Won at 1 s per call; then its calls take 3 s (the machine changed, or a larger size of
+    # the class runs slower per byte): at the next watch the race starts again, warm-up
+    # first, and the other candidate can win.
+    race = Race()
+    run_race(race, lambda name, call: {"shm": 2.0, "ring": 1.0}[name], nbytes=10)
+    assert race.decide(race.medians()) == "ring"  # one rank's figures: 0.2 and 0.1 s per byte
+    for call in range(WATCH_CALLS):
+        assert race.record(1, 3.0, 10) is (call == WATCH_CALLS - 1)
+    assert race.medians() == [0.3]
+    assert race.decide([0.3]) is None
+    assert race.winner is None and race.calls == 0
+    ran, agree = run_race(race, lambda name, call: {"shm": 1.0, "ring": 3.0}[name])
+    assert ran == list(adapt.CANDIDATES) * (WARMUP + SAMPLES) and agree[-1]
+    assert race.decide([1.0, 3.0]) == "shm"
 
 
 def test_raced_sizes_are_whole_size_classes():
