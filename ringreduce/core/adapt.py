@@ -24,11 +24,12 @@ differ little). The winner is then watched: every ``WATCH_CALLS`` of its calls t
 its median time per byte over them, and where that is more than ``DRIFT`` times what it won
 with, the race is run again at once (the machine changed mode, or a larger size of the class
 runs slower per byte: shm won at 16 MiB and then took 2.2x as long per byte at 24 MiB, in
-one MPICH job; with 64 calls a watch came too late for 40 calls of that size, with 16 the
-cost stays a few microseconds per 16 calls of at least 1 MiB). After ``RETRY_CALLS`` calls on the winner the race is run again anyway, since
-the machine may change under a long job in ways the winner's own time does not show. A race
-costs its loser's extra time on at most ``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of
-the calls when repeated every 1,000; a watch, one small allreduce per ``WATCH_CALLS`` calls.
+one MPICH job; a watch every 64 calls came too late for that size's 40 calls, and one every
+16 costs a few microseconds per 16 calls of at least 1 MiB). After ``RETRY_CALLS`` calls on
+the winner the race is run again anyway, since the machine may change under a long job in
+ways the winner's own time does not show. A race costs its loser's extra time on at most
+``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of the calls when repeated every 1,000; a
+watch, one small allreduce per ``WATCH_CALLS`` calls.
 
 Every rank makes the same calls on a communicator in the same order, with sizes agreed in
 the header, so every rank counts the same calls in every race and the choice needs no other
