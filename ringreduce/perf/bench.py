@@ -12,9 +12,10 @@ separate check pass on integer-valued data, where every summation order is exact
 elements that differ from the exact answer, summed over ranks. ``vs native`` is the median
 time over native's median time: below 1 is faster than MPI. ``memcpy`` is one local copy of
 the same bytes, timed in the same run: the memory-bandwidth floor on one box. ``auto`` is
-timed settled: before a size's timed calls it runs as many untimed ones as its race between
-shm and the ring can take (``core/adapt.py``), as a training loop does in its first steps;
-``--unsettled`` times it from its first call, the race's calls of the loser among the timed.
+timed settled: with it among the algorithms, a size first runs as many untimed rounds as its
+race between shm and the ring can take (``core/adapt.py``), as a training loop does in its
+first steps; ``--unsettled`` times it from its first call, the race's calls of the loser
+among the timed.
 
 An algorithm may carry a segment size: ``ring:262144`` is the ring with 256 KiB segments; a
 compression: ``ring+bf16`` sends the float32 data as bfloat16 (``+fp16``: float16, scaled);
@@ -148,10 +149,12 @@ def time_interleaved(comm, runs, iters, warmup):
 
 
 def time_size(algs, comm, nbytes, dtype, op, iters, warmup, settle=True):
-    """Median seconds of each algorithm at ``nbytes``. With ``settle``, every "auto" first
-    runs as many calls as its race can take (``core/adapt.py``), so the timed calls are those
-    of the settled choice, as in a training loop past its first few dozen steps; without,
-    the race's calls of both candidates are among the timed ones."""
+    """Median seconds of each algorithm at ``nbytes``. With ``settle`` and an "auto" among
+    them, at least as many untimed rounds as its race can take (``core/adapt.py``), so the
+    timed calls are those of the settled choice, as in a training loop past its first few
+    dozen steps, and the race ran between the same other calls as the timed ones (a race of
+    back-to-back calls kept shm at 16 MiB, which then took 2.5x as long per byte between
+    the others'); without, the race's calls of both candidates are among the timed ones."""
     n = nbytes // dtype.itemsize
     rng = np.random.default_rng(comm.Get_rank())
     data = rng.standard_normal(n)
@@ -162,9 +165,8 @@ def time_size(algs, comm, nbytes, dtype, op, iters, warmup, settle=True):
     for d in {dtype} | {s.dtype for s in algs if s.dtype is not None}:
         bufs[d] = (data.astype(d), np.empty(n, d))
     runners = {s.text: make_runner(s, comm, *bufs[s.dtype or dtype], op) for s in algs}
-    for s in algs:
-        for _ in range(most_calls() if settle and s.name == "auto" else 0):
-            runners[s.text]()
+    if settle and any(s.name == "auto" for s in algs):
+        warmup = max(warmup, most_calls())
     return n, time_interleaved(comm, runners, iters, warmup)
 
 
