@@ -22,10 +22,13 @@ call whose time jumps by half from one call to the next picked the slower of two
 that then differed by a third; a close race is where another round is cheap, since the two
 differ little). The winner is then watched: every ``WATCH_CALLS`` of its calls the ranks sum
 its median time per byte over them, and where that is more than ``DRIFT`` times what it won
-with, the race is run again at once (the machine changed mode, or a larger size of the class
+with, the race is run again at once, and in it that candidate counts at no less than what
+its watch measured (the machine changed mode, or a larger size of the class
 runs slower per byte: shm won at 16 MiB and then took 2.2x as long per byte at 24 MiB, in
 one MPICH job; a watch every 64 calls came too late for that size's 40 calls, and one every
-16 costs a few microseconds per 16 calls of at least 1 MiB). After ``RETRY_CALLS`` calls on
+16 costs a few microseconds per 16 calls of at least 1 MiB; without the floor, a race of
+calls back to back kept picking shm at 16 MiB, which ran 2.5x slower per byte among other
+calls, watch after watch). After ``RETRY_CALLS`` calls on
 the winner the race is run again anyway, since the machine may change under a long job in
 ways the winner's own time does not show. A race costs its loser's extra time on at most
 ``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of the calls when repeated every 1,000; a
@@ -88,6 +91,7 @@ class Race:
         self.winner = None  # index into candidates once agreed
         self.won = None  # the winner's sum over the ranks when it won
         self.watched = []  # seconds per byte of the winner's calls since the last watch
+        self.caught = None  # (candidate, its watch's sum) that restarted this race, if any
         self._restart()
 
     def _restart(self):
@@ -133,14 +137,20 @@ class Race:
         every rank decides alike): the smallest wins, the first on a tie; or, where the two
         smallest are within ``CLOSE`` and rounds are left, none yet and the race goes on.
         Once there is a winner, ``sums`` is its watch's one sum: above ``DRIFT`` times
-        what it won with, the race starts again. Returns the winner's name, or None while the
+        what it won with, the race starts again, and in it that candidate's sum is at least
+        the watch's. Returns the winner's name, or None while the
         race goes on."""
         if self.winner is not None:
             self.watched = []
             if sums[0] > DRIFT * self.won:
+                self.caught = (self.winner, sums[0])
                 self._restart()
                 return None
             return self.candidates[self.winner]
+        if self.caught is not None:  # judged by what it did, not only by what it raced
+            sums = list(sums)
+            i, seen = self.caught
+            sums[i] = max(sums[i], seen)
         order = sorted(range(len(sums)), key=lambda i: (sums[i], i))
         if (self.rounds < ROUNDS and len(order) > 1
                 and sums[order[1]] - sums[order[0]] < CLOSE * sums[order[0]]):
@@ -148,6 +158,7 @@ class Race:
             return None
         self.winner = order[0]
         self.won = sums[order[0]]
+        self.caught = None
         self.since = 0
         self.watched = []
         return self.candidates[self.winner]

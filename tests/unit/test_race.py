@@ -119,6 +119,24 @@ def test_a_winner_that_slows_down_past_drift_is_raced_again():
     assert race.decide([1.0, 3.0]) == "shm"
 
 
+def test_a_winner_caught_slow_counts_at_its_watch_in_the_next_race():
+    # The ring won at 0.1, its watch saw 0.3; the new race's own calls say 0.1 again (calls
+    # back to back can run faster than among others): it counts at 0.3, and shm, at 0.2,
+    # wins. The floor holds for that race only.
+    race = Race()
+    run_race(race, lambda name, call: 1.0)
+    assert race.decide([0.2, 0.1]) == "ring"
+    for _ in range(WATCH_CALLS):
+        race.record(1, 3.0, 10)
+    assert race.decide([0.3]) is None
+    run_race(race, lambda name, call: 1.0)
+    assert race.decide([0.2, 0.1]) == "shm"
+    for _ in range(RETRY_CALLS):
+        race.record(0, 2.0, 10)  # as fast as it won: its watches keep it, then a new race
+    run_race(race, lambda name, call: 1.0)
+    assert race.decide([0.2, 0.1]) == "ring"
+
+
 def test_raced_sizes_are_whole_size_classes():
     # Every size of one class is raced or none is: the bounds are powers of two.
     for bound in (adapt.RACE_MIN_BYTES, adapt.RACE_MAX_BYTES):
