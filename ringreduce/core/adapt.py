@@ -15,24 +15,30 @@ communicator run the candidates in turn: ``WARMUP`` untimed calls of each (a win
 first-touch page faults), then ``SAMPLES`` timed calls of each, alternating so that drift
 hits both alike. Each rank keeps the median time per byte of each candidate; the ranks sum
 their medians with one small allreduce (:class:`Race` says when) and all take the candidate
-with the smaller sum, the first on a tie, so every rank keeps the same one. Where the two
-smallest sums are within ``CLOSE`` of each other the race goes on instead, ``SAMPLES`` more
-calls of each pooled with the ones before, up to ``ROUNDS`` rounds in all (six samples of a
-call whose time jumps by half from one call to the next picked the slower of two candidates
-that then differed by a third; a close race is where another round is cheap, since the two
-differ little). The winner is then watched: every ``WATCH_CALLS`` of its calls the ranks sum
-its median time per byte over them, and where that is more than ``DRIFT`` times what it won
-with, the race is run again at once, and in it that candidate counts at no less than what
-its watch measured (the machine changed mode, or a larger size of the class
-runs slower per byte: shm won at 16 MiB and then took 2.2x as long per byte at 24 MiB, in
-one MPICH job; a watch every 64 calls came too late for that size's 40 calls, and one every
-16 costs a few microseconds per 16 calls of at least 1 MiB; without the floor, a race of
-calls back to back kept picking shm at 16 MiB, which ran 2.5x slower per byte among other
-calls, watch after watch). After ``RETRY_CALLS`` calls on
-the winner the race is run again anyway, since the machine may change under a long job in
-ways the winner's own time does not show. A race costs its loser's extra time on at most
-``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of the calls when repeated every 1,000; a
-watch, one small allreduce per ``WATCH_CALLS`` calls.
+with the smaller sum, the first on a tie, so every rank keeps the same one.
+
+Three things keep the choice honest on a machine whose timings jump by half from one call
+to the next (docs/benchmarks.md, "MPICH and Open MPI", for the jobs behind each):
+
+- A close race goes on: where the two smallest sums are within ``CLOSE`` of each other,
+  ``SAMPLES`` more calls of each, pooled with the ones before, up to ``ROUNDS`` rounds in
+  all. Six samples each had kept shm on sums 0.72 against 0.79 ns per byte, and shm then
+  took 0.86x native where the ring took 0.62x. Another round is cheap where the two are
+  close.
+- The winner is watched: every ``WATCH_CALLS`` of its calls the ranks sum its median time
+  per byte over them, and where that is above ``DRIFT`` times what it won with, the race
+  runs again at once. The machine changes mode under a job, and a size class spans a factor
+  of two (shm won at 16 MiB and took 2.2x as long per byte at 24 MiB, in one MPICH job). A
+  watch every 64 calls came too late for a size's 40 calls; every 16 costs a few
+  microseconds per 16 calls of at least 1 MiB.
+- In the race a watch starts, the candidate it caught counts at no less than the watch's
+  time: calls back to back can run faster than among other calls, and such races kept
+  picking shm at 16 MiB, 2.5x slower per byte among other calls, watch after watch.
+
+After ``RETRY_CALLS`` calls on the winner the race runs again anyway, since the machine may
+change under a long job in ways the winner's own time does not show. A race costs its
+loser's extra time on at most ``WARMUP + SAMPLES * ROUNDS`` calls, about 1-2% of the calls
+when repeated every 1,000; a watch, one small allreduce per ``WATCH_CALLS`` calls.
 
 Every rank makes the same calls on a communicator in the same order, with sizes agreed in
 the header, so every rank counts the same calls in every race and the choice needs no other
@@ -138,8 +144,7 @@ class Race:
         smallest are within ``CLOSE`` and rounds are left, none yet and the race goes on.
         Once there is a winner, ``sums`` is its watch's one sum: above ``DRIFT`` times
         what it won with, the race starts again, and in it that candidate's sum is at least
-        the watch's. Returns the winner's name, or None while the
-        race goes on."""
+        the watch's. Returns the winner's name, or None while the race goes on."""
         if self.winner is not None:
             self.watched = []
             if sums[0] > DRIFT * self.won:
