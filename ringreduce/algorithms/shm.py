@@ -237,7 +237,10 @@ class _Window:
         self.win.Sync()  # the peers' data writes are visible to my reads from here on
 
     def free(self):
-        """Collective over the node. The views go first: they point into the window."""
+        """Collective over the node. The views go first: they point into the window. A
+        window freed already (at exit) is left alone."""
+        if self not in _live:
+            return
         _live.remove(self)
         self.typed.clear()
         self.planned.clear()
@@ -270,6 +273,18 @@ class _State:
             cross = mpi.Split(node.Get_rank(), comm.rank)
             self.cross = (type(comm) if isinstance(comm, Comm) else Comm)(cross)
             cross.Free()  # the wrapper keeps its own duplicate
+
+    def free(self):
+        """The window, the cross-node communicator and the node (collective over the
+        communicator, like their making)."""
+        if self.window is not None:
+            self.window.free()
+            self.window = None
+        if self.cross is not None:
+            self.cross.free()
+            self.cross = None
+        if self.node != MPI.COMM_NULL:
+            self.node.Free()
 
     def window_for(self, block_bytes):
         """The window, grown to hold blocks of ``block_bytes`` (collective when it grows)."""

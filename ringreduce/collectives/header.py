@@ -20,7 +20,8 @@ import numpy as np
 from ..core.choose import PIGGYBACK_CAP
 from ..core.schedule import doubling_plan
 from ..errors import MismatchError, agree
-from ..transport.comm import JoinedSends, kept, message
+from ..transport.comm import kept, message
+from ..transport.joined import JoinedSends
 from ..transport.tags import TAG_FOLD
 
 _HEADER = struct.Struct("<3q")  # sig, -sig, error: combined by element-wise max
@@ -65,6 +66,10 @@ class HeaderState:
         # What ``pair`` sends for a payload of JOINED_SEND_BYTES or more: the header, then
         # the caller's array where it lies.
         self.joined = JoinedSends(self.headers[0])
+
+    def free(self):
+        """The datatypes of the joined sends (local)."""
+        self.joined.clear()
 
     def payload(self, dtype, n):
         """``(payload views, messages, their exchange messages)``, one of each per buffer."""

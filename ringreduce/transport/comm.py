@@ -16,6 +16,7 @@ hold it, and ranks blocked in another of them wake up too; :func:`reset` forgets
 import functools
 import inspect
 import time
+import traceback
 
 from mpi4py import MPI
 
@@ -49,6 +50,19 @@ class CommState:
         self.choices = {}
         self.races = {}
 
+    def free(self):
+        """Free the MPI objects the layers keep here (those with a ``free`` method: windows,
+        sub-communicators, datatypes), in slot order, the same on every rank; collective over
+        the communicator, as their creation was."""
+        for slot in ("header", "levels", "shm", "direct", "results", "device"):
+            held = getattr(self, slot)
+            setattr(self, slot, None)
+            if hasattr(held, "free"):
+                held.free()
+        self.fusion.clear()
+        self.choices.clear()
+        self.races.clear()
+
 
 def kept(comm, slot, make):
     """``comm.state``'s ``slot``, made by ``make(comm)`` on first use (collective where
@@ -75,6 +89,15 @@ class Comm:
         # Every rank on one host (agreed when the library makes its communicator, _new_comm);
         # False on communicators made otherwise. Only a speed choice depends on it.
         self.one_host = self.size == 1
+
+    def free(self):
+        """Free the duplicate and everything its state holds (collective, like its making).
+        Freeing it twice does nothing."""
+        if self.mpi == MPI.COMM_NULL:
+            return
+        self.state.free()
+        self.group.Free()
+        self.mpi.Free()
 
     def isend(self, buf, dest, tag):
         return self.mpi.Isend([buf, MPI.BYTE], dest, tag)
@@ -142,36 +165,6 @@ def message(buf):
     return [buf, MPI.BYTE]
 
 
-class JoinedSends:
-    """Messages of a fixed head (the bytes of ``head``, an array of ours) followed by a
-    caller's contiguous array, sent from where both lie instead of copied into one buffer:
-    an MPI struct datatype per (array address, length), kept for the next call on the same
-    array (a training loop's buffers come back), at most ``keep`` of them. The bytes sent
-    are those of the head and the array, joined, as one contiguous message would carry."""
-
-    def __init__(self, head, keep=64):
-        self.head, self.head_bytes = MPI.Get_address(head), head.nbytes
-        self.keep = keep
-        self.kept = {}
-
-    def message(self, arr):
-        """The message of the head and ``arr`` (its address and length as they are now)."""
-        key = (MPI.Get_address(arr), arr.nbytes)
-        msg = self.kept.get(key)
-        if msg is None:
-            if len(self.kept) >= self.keep:
-                self.clear()
-            dt = MPI.Datatype.Create_struct([self.head_bytes, arr.nbytes], [self.head, key[0]],
-                                            [MPI.BYTE, MPI.BYTE]).Commit()
-            msg = self.kept[key] = [MPI.BOTTOM, 1, dt]
-        return msg
-
-    def clear(self):
-        for msg in self.kept.values():
-            msg[2].Free()
-        self.kept.clear()
-
-
 _LIBRARY = MPI.get_vendor()[0]  # "MPICH", "Open MPI", ...: some choices of "auto" depend on it
 
 
@@ -200,11 +193,24 @@ on_reset = []
 on_free = []
 
 
+# What comm_state holds that is freed with the user's communicator: the collectives' Comm
+# (its duplicate, windows and sub-communicators), the control duplicate and rr.init's node
+# split (the collectives' own levels). Not the engine's channel: the background thread may
+# be inside it, so it lives until reset or exit.
+_FREED_WITH_USER = ("collectives", "control", "nodes")
+
+
 def _freed(comm, keyval, value):
     """MPI's delete callback for the attribute: the user freed ``comm`` (or reset() replaced
-    the attribute). The library's duplicates of it are kept, not freed: a background thread
-    may still hold them, and after a lost rank they may hold a dead one."""
-    state = value[1]
+    the attribute). What the library made for it goes too, inside the user's MPI_Comm_free,
+    which every rank of ``comm`` calls, so the frees are collective where they must be
+    (before, a loop of Split, one 1 MiB allreduce and Free ran out of MPICH's communicator
+    ids after 511 rounds). Kept, not freed: the engine's channel (see _FREED_WITH_USER), what
+    an older generation made (reset() replaced the attribute; its communicators may hold a
+    dead rank, and this call is local), anything under ULFM (a freed communicator may hold a
+    dead rank, and freeing a window waits for every rank), and COMM_WORLD's and COMM_SELF's
+    (MPI_Finalize deletes their attributes)."""
+    generation, state = value
     for key, (_user, st) in list(_served.items()):
         if st is state:
             del _served[key]
@@ -213,6 +219,18 @@ def _freed(comm, keyval, value):
             forget(state)
         except Exception:  # a callback inside MPI_Comm_free must not raise
             pass
+    if (generation != _generation or fault.ENABLED or comm == MPI.COMM_WORLD
+            or comm == MPI.COMM_SELF):
+        return
+    try:
+        for purpose in _FREED_WITH_USER:
+            made = state.pop(purpose, None)
+            if isinstance(made, MPI.Comm):
+                made.Free()
+            elif made is not None:
+                made.free()
+    except Exception:  # noqa: BLE001 - inside MPI_Comm_free: report, never raise into MPI
+        traceback.print_exc()
 
 
 def comm_state(comm):

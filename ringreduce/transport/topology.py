@@ -49,10 +49,11 @@ class Levels:
             self.node.size if is_leader else 0) if s)
 
     def free(self):
-        """Free both communicators (collective over ``comm``, like their creation)."""
-        self.node.mpi.Free()
+        """Free both communicators and what they hold (collective over ``comm``, like their
+        creation); again, nothing."""
+        self.node.free()
         if self.leaders is not None:
-            self.leaders.mpi.Free()
+            self.leaders.free()
 
 
 def split_nodes(comm, local_size):

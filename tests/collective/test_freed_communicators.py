@@ -13,7 +13,7 @@ from mpi4py import MPI
 
 import ringreduce as rr
 from ringreduce.engine.engine import ENGINE
-from ringreduce.transport.comm import comm_state
+from ringreduce.transport.comm import comm_state, control_comm, get_comm
 
 P = MPI.COMM_WORLD.Get_size()
 RANK = MPI.COMM_WORLD.Get_rank()
@@ -92,3 +92,35 @@ def test_freeing_with_an_allreduce_in_flight_fails_it_instead_of_waiting(comm):
             h.wait(timeout=10)
     assert np.array_equal(rr.allreduce_async(np.ones(2), name="after").wait(timeout=60),
                           np.full(2, P))
+
+
+def test_what_the_library_made_for_a_communicator_is_freed_with_it(comm):
+    # Its duplicates, the shared-memory window and node, the hierarchical levels (rr.init's
+    # split) go with the user's Free on every rank; the engine's channel stays (its thread
+    # may be inside it) and the engine goes on. Before, none of it went, and a loop of
+    # Split, one 1 MiB allreduce and Free ran out of MPICH's communicator ids after 511
+    # rounds (tests/jobs/test_many_communicators.py runs that loop).
+    sub = comm.Split(0, RANK)
+    x = np.ones(1 << 18, np.float32)
+    for alg in ("auto", "ring", "shm", "hierarchical", "direct"):
+        assert np.array_equal(rr.allreduce(x, algorithm=alg, comm=sub), np.full(x.size, P))
+    rr.init(sub)
+    c = get_comm(sub)
+    comms, wins = [c.mpi, control_comm(sub)], []
+    levels = c.state.levels
+    comms += [levels.node.mpi] + ([levels.leaders.mpi] if levels.leaders else [])
+    if c.state.shm is not None:
+        comms.append(c.state.shm.node)
+        if c.state.shm.window is not None:
+            wins.append(c.state.shm.window.win)
+    assert P == 1 or wins, "shm ran, so its window exists"
+    h = rr.allreduce_async(x, comm=sub, name="kept")
+    assert np.array_equal(h.wait(timeout=60), np.full(x.size, P))
+    channel = comm_state(sub)["engine"]
+    sub.Free()
+    freed = all(m == MPI.COMM_NULL for m in comms) and all(w == MPI.WIN_NULL for w in wins)
+    assert all(comm.allgather(freed))
+    assert channel.data.mpi != MPI.COMM_NULL
+    assert np.array_equal(rr.allreduce(np.ones(3), comm=comm), np.full(3, P))
+    h = rr.allreduce_async(np.ones(3), comm=comm, name="after")
+    assert np.array_equal(h.wait(timeout=60), np.full(3, P))
