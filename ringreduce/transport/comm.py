@@ -1,8 +1,8 @@
 """The thin transport the algorithms talk through.
 
-Each user communicator gets one private duplicate (``Dup``), made on first use and kept for
-the life of the process, so the library's messages can never match a receive of the user's
-(mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``), so every numpy dtype,
+Each user communicator gets one private duplicate (``Dup``), made on first use and kept until
+the user frees that communicator (``_freed``), so the library's messages can never match a
+receive of the user's (mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``), so every numpy dtype,
 float16 and complex included, moves the same way without an MPI datatype per dtype.
 
 *World*: the communicator that ``comm=None`` means, everywhere in the library (collectives,
