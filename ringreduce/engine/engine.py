@@ -112,9 +112,9 @@ class Engine:
         channel goes, and whatever of it was still in flight fails instead of waiting for
         ever. Safe from any thread (it runs inside the user's ``Free``)."""
         ch = state.get("engine")
-        if ch is None or self.channels.get(id(ch)) is not ch:
-            return
         with self.lock:
+            if ch is None or self.channels.get(id(ch)) is not ch:
+                return  # none, or forgotten by a reset since
             del self.channels[id(ch)]
         if ch.waiting():
             ch.fail(RingReduceError("allreduce_async: the communicator was freed while this "

@@ -2,8 +2,9 @@
 
 Each user communicator gets one private duplicate (``Dup``), made on first use and kept until
 the user frees that communicator (``_freed``), so the library's messages can never match a
-receive of the user's (mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``), so every numpy dtype,
-float16 and complex included, moves the same way without an MPI datatype per dtype.
+receive of the user's (mpi4jax does the same). Buffers travel as raw bytes (``MPI.BYTE``),
+so every numpy dtype, float16 and complex included, moves the same way without an MPI
+datatype per dtype.
 
 *World*: the communicator that ``comm=None`` means, everywhere in the library (collectives,
 the engine, ``rr.rank()`` and ``rr.size()``): ``MPI.COMM_WORLD`` until :func:`reset` names
@@ -53,15 +54,12 @@ class CommState:
     def free(self):
         """Free the MPI objects the layers keep here (those with a ``free`` method: windows,
         sub-communicators, datatypes), in slot order, the same on every rank; collective over
-        the communicator, as their creation was."""
-        for slot in ("header", "levels", "shm", "direct", "results", "device"):
+        the communicator, as their creation was. Every slot is then as new."""
+        for slot in self.__slots__:
             held = getattr(self, slot)
-            setattr(self, slot, None)
             if hasattr(held, "free"):
                 held.free()
-        self.fusion.clear()
-        self.choices.clear()
-        self.races.clear()
+        self.__init__()
 
 
 def kept(comm, slot, make):

@@ -97,22 +97,20 @@ def test_a_close_race_runs_all_its_rounds_on_every_rank(timed):
 
 
 def test_a_winner_that_slows_down_is_raced_again_on_every_rank(timed):
-    # shm wins; then its calls take a hundred times as long on rank 0 only: at the next watch the
-    # ranks' sum says so, every rank races again, and all keep the ring.
+    # shm wins; then its calls take a hundred times as long on rank 0 only: at the next
+    # watch the ranks' sum says so, every rank races again, and all keep the ring.
     ran, cost = timed
     cost.update({"shm": 1e-9, "ring": 5e-9})
     comm = fresh_comm()
     n = (1 << 20) // 8
-    first = (adapt.WARMUP + adapt.SAMPLES) * len(adapt.CANDIDATES)
-    calls = first + adapt.WATCH_CALLS + first + 3
-    for call in range(calls):
-        if call == first and RANK == 0:
+    for call in range(RACE_CALLS + adapt.WATCH_CALLS + RACE_CALLS + 3):
+        if call == RACE_CALLS and RANK == 0:
             cost["shm"] = 1e-7
         check(rr.allreduce(inputs(n, RANK, call), comm=comm), n, call)
     if P == 1:
         return
-    assert ran[first:first + adapt.WATCH_CALLS] == ["shm"] * adapt.WATCH_CALLS
-    again = ran[first + adapt.WATCH_CALLS:]
+    assert ran[RACE_CALLS:RACE_CALLS + adapt.WATCH_CALLS] == ["shm"] * adapt.WATCH_CALLS
+    again = ran[RACE_CALLS + adapt.WATCH_CALLS:]
     assert again == list(adapt.CANDIDATES) * (adapt.WARMUP + adapt.SAMPLES) + ["ring"] * 3
     assert MPI.COMM_WORLD.allgather(ran) == [ran] * P
 
